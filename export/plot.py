@@ -1,0 +1,38 @@
+"""The accuracy/latency trade-off of a bundle as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.manifest import Manifest
+
+
+def plot_tradeoff(manifest: Manifest, path: Path, batch_size: int = 128) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = manifest.sorted_levels()
+    lat = [next(s.median_ms for s in lv.latency if s.batch_size == batch_size) for lv in levels]
+    full = lat[0]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(lat, [100 * lv.accuracy for lv in levels], "o-")
+    for lv, x in zip(levels, lat, strict=True):
+        ax1.annotate(f"{lv.name} ({lv.modules})", (x, 100 * lv.accuracy), textcoords="offset points", xytext=(4, 4))
+    ax1.set_xscale("log")
+    ax1.set_xlabel(f"onnxruntime CPU latency, batch {batch_size}, median (ms)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_title(f"{manifest.name}: accuracy against latency")
+    fractions = [lv.keep_fraction for lv in levels]
+    ax2.plot(fractions, [full / x for x in lat], "o-", label="measured")
+    ax2.plot(fractions, [1 / f for f in fractions], "--", color="grey", label="ideal 1/f")
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log", base=2)
+    ax2.set_xlabel("keep fraction")
+    ax2.set_ylabel("speedup over full")
+    ax2.set_title(f"speedup at batch {batch_size} ({manifest.profile.intra_op_threads} threads)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""Embedded datasets (no downloads): scikit-learn's digits, MNIST-1D generated offline, user .npz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be loaded; the message says what is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # (n, *input_shape) float32, raw (not normalised)
+    y: np.ndarray  # (n,) int64
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    preset: str  # the model preset that suits it (model.nac.PRESETS)
+    train: Split
+    val: Split
+    test: Split
+    labels: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-element mean and std of the training split; constant elements get std 1."""
+        mean = self.train.x.mean(axis=0)
+        std = self.train.x.std(axis=0)
+        return mean.astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
+
+
+def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[Split]:
+    """Seeded, stratified split: each class is shuffled and cut in the given fractions."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        bounds = np.round(np.cumsum((0, *fractions)) * len(idx)).astype(int)
+        for i in range(len(fractions)):
+            parts[i].append(idx[bounds[i] : bounds[i + 1]])
+    out = []
+    for p in parts:
+        idx = rng.permutation(np.concatenate(p))
+        out.append(Split(x[idx].astype(np.float32), y[idx].astype(np.int64)))
+    return out
+
+
+def _digits(seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    train, val, test = _split(d.images, d.target, (0.7, 0.1, 0.2), seed)
+    return Dataset("digits", "digits", train, val, test, [str(i) for i in range(10)])
+
+
+def _mnist1d(seed: int) -> Dataset:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # generated offline from the published arguments: 4000 train / 1000 test, as published
+    d = make_dataset(get_dataset_args())
+    x, y = np.asarray(d["x"], np.float32), np.asarray(d["y"])
+    train, val = _split(x, y, (0.9, 0.1), seed)
+    test = Split(np.asarray(d["x_test"], np.float32), np.asarray(d["y_test"], np.int64))
+    return Dataset("mnist1d", "mnist1d", train, val, test, [str(i) for i in range(10)])
+
+
+def _npz(path: Path, seed: int) -> Dataset:
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:  # zipfile/format errors come in many types
+        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from exc
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DatasetError(f"{path}: missing array(s) {missing}; expected x (n, ...) and y (n,)")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
+        raise DatasetError(f"{path}: x must be numeric with shape (n, ...), got {x.dtype} {x.shape}")
+    if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{path}: y must be integer with shape ({x.shape[0]},), got {y.dtype} {y.shape}")
+    if not np.isfinite(x).all():
+        raise DatasetError(f"{path}: x contains NaN or Inf")
+    classes = int(y.max()) + 1 if len(y) else 0
+    if y.min(initial=0) < 0 or classes < 2:
+        raise DatasetError(f"{path}: y must hold class indices 0..C-1 with at least 2 classes")
+    labels = [str(i) for i in range(classes)]
+    if "label_names" in arrays:
+        labels = [str(s) for s in arrays["label_names"].tolist()]
+        if len(labels) != classes:
+            raise DatasetError(f"{path}: label_names has {len(labels)} names, y has {classes} classes")
+    if np.bincount(y, minlength=classes).min() < 5:
+        raise DatasetError(f"{path}: every class needs at least 5 examples to split")
+    train, val, test = _split(x.astype(np.float32), y, (0.7, 0.1, 0.2), seed)
+    preset = "digits" if x.ndim == 3 else "features"
+    return Dataset(path.stem, preset, train, val, test, labels)
+
+
+def load_dataset(spec: str, seed: int = 0) -> Dataset:
+    """`digits`, `mnist1d`, or a path to an .npz file with arrays x, y and optional label_names."""
+    if spec == "digits":
+        return _digits(seed)
+    if spec == "mnist1d":
+        return _mnist1d(seed)
+    if spec.endswith(".npz"):
+        return _npz(Path(spec), seed)
+    raise DatasetError(f"unknown dataset {spec!r}: use digits, mnist1d or a path to an .npz file")

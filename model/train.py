@@ -1,0 +1,200 @@
+"""Sparsity-aware training: every batch runs on a randomly drawn pruning level, so every level is
+trained, not just the full model. Writes a checkpoint directory:
+  model.pt         state_dict (tensors only: loads with torch.load(weights_only=True))
+  checkpoint.json  config, labels, normalisation, module ranking, training settings, test accuracy
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.data import Dataset, Split, load_dataset
+from model.nac import NAC, PRESETS, NACConfig, level_modules
+
+DEFAULT_LEVELS = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
+WEIGHTS, META = "model.pt", "checkpoint.json"
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    seed: int = 0
+    epochs: int | None = None  # None: the preset's
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    sparsity_aware: bool = True  # draw a level per batch; False: train the full model only
+    levels: list[float] = field(default_factory=lambda: [float(f) for f in DEFAULT_LEVELS])
+    augment: bool = True  # random 1-pixel shifts, images only
+    preset: str | None = None  # None: the dataset's
+    overrides: dict[str, Any] = field(default_factory=dict)  # NACConfig fields
+
+
+EPOCHS = {"digits": 60, "mnist1d": 60, "features": 60, "large": 40, "tiny": 3}
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def shift_images(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Random shift of each image by up to one pixel, zero fill. (B, [C,] H, W)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    dy = torch.randint(0, 3, (x.shape[0],), generator=gen)
+    dx = torch.randint(0, 3, (x.shape[0],), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+    b = torch.arange(x.shape[0])[:, None, None]
+    if x.dim() == 4:  # channels: move them last for the gather, then back
+        return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
+    return padded[b, rows, cols]
+
+
+@torch.no_grad()
+def evaluate(model: NAC, split: Split, mean: Tensor, std: Tensor, keep: Tensor | None = None) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(split.y), 512):
+        x = (torch.from_numpy(split.x[i : i + 512]) - mean) / std
+        pred = model(x, keep).argmax(-1)
+        correct += int((pred == torch.from_numpy(split.y[i : i + 512])).sum())
+    return correct / max(1, len(split.y))
+
+
+def level_accuracies(
+    model: NAC, split: Split, mean: Tensor, std: Tensor, order: Tensor, levels: list[float]
+) -> dict[str, float]:
+    return {
+        str(Fraction(f).limit_denominator(1024)): evaluate(
+            model, split, mean, std, order[: level_modules(model.cfg.modules, f)]
+        )
+        for f in levels
+    }
+
+
+def build_model(cfg: TrainConfig, data: Dataset) -> NAC:
+    preset = dict(PRESETS[cfg.preset or data.preset])
+    preset.update(cfg.overrides)
+    return NAC(NACConfig(input_shape=data.input_shape, num_classes=len(data.labels), **preset))  # type: ignore[arg-type]
+
+
+def _progress(epoch: int, epochs: int, loss: float, acc: float, val: float, start: float) -> None:
+    elapsed = time.monotonic() - start
+    left = elapsed / (epoch + 1) * (epochs - epoch - 1)
+    print(
+        f"epoch {epoch + 1:3d}/{epochs}  loss {loss:.3f}  train acc {acc:.3f}  val acc {val:.3f}  "
+        f"{elapsed:5.0f}s elapsed, ~{left:.0f}s left",
+        flush=True,
+        file=sys.stderr,
+    )
+
+
+def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tuple[NAC, dict[str, Any]]:
+    """Train, evaluate every level in out-degree and random order, write the checkpoint to `out`."""
+    set_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.seed)
+    model = build_model(cfg, data)
+    epochs = cfg.epochs or EPOCHS[cfg.preset or data.preset]
+    mean_np, std_np = data.normalization()
+    mean, std = torch.from_numpy(mean_np), torch.from_numpy(std_np)
+    x_all, y_all = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = epochs * math.ceil(len(y_all) / cfg.batch_size)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    augment = cfg.augment and model.cfg.tokenizer == "image"
+    start = time.monotonic()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y_all), generator=gen)
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            x, y = x_all[idx], y_all[idx]
+            if augment:
+                x = shift_images(x, gen)
+            keep = None
+            if cfg.sparsity_aware:  # a level per batch, on the current out-degree order
+                f = cfg.levels[int(torch.randint(len(cfg.levels), (1,), generator=gen))]
+                keep = model.ranking()[: level_modules(model.cfg.modules, f)]
+            logits = model((x - mean) / std, keep)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            total_loss += float(loss) * len(idx)
+            correct += int((logits.argmax(-1) == y).sum())
+        if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
+            val = evaluate(model, data.val, mean, std)
+            _progress(epoch, epochs, total_loss / len(perm), correct / len(perm), val, start)
+
+    model.eval()
+    outdegree = model.ranking()
+    random_order = torch.randperm(model.cfg.modules, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    results = {
+        "outdegree": level_accuracies(model, data.test, mean, std, outdegree, cfg.levels),
+        "random": level_accuracies(model, data.test, mean, std, random_order, cfg.levels),
+    }
+    meta: dict[str, Any] = {
+        "format": 1,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "config": model.cfg.to_dict(),
+        "train_config": asdict(cfg) | {"epochs": epochs},
+        "labels": data.labels,
+        "normalization": {"mean": mean_np.ravel().tolist(), "std": std_np.ravel().tolist()},
+        "ranking": {"outdegree": outdegree.tolist(), "random": random_order.tolist()},
+        "test_accuracy": results,
+        "train_seconds": round(time.monotonic() - start, 1),
+        "torch": torch.__version__,
+    }
+    if out is not None:
+        save_checkpoint(model, meta, out)
+    return model, meta
+
+
+def save_checkpoint(model: NAC, meta: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / WEIGHTS)
+    (out / META).write_text(json.dumps(meta, indent=2))
+
+
+def load_checkpoint(path: Path) -> tuple[NAC, dict[str, Any]]:
+    """Load a checkpoint directory; only tensors and JSON are read (nothing is unpickled)."""
+    path = Path(path)
+    for name in (WEIGHTS, META):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path}: not a checkpoint (no {name}); write one with `circuitserve train`")
+    meta = json.loads((path / META).read_text())
+    model = NAC(NACConfig.from_dict(meta["config"]))
+    model.load_state_dict(torch.load(path / WEIGHTS, weights_only=True, map_location="cpu"))
+    return model.eval(), meta
+
+
+def format_results(results: dict[str, dict[str, float]]) -> str:
+    lines = ["level    out-degree   random"]
+    for level, acc in results["outdegree"].items():
+        lines.append(f"{level:>6}   {acc:10.4f}   {results['random'][level]:6.4f}")
+    return "\n".join(lines)

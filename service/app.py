@@ -1,0 +1,125 @@
+"""The app factory, its lifespan (load -> warm up -> ready; drain on shutdown) and `serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import onnxruntime as ort
+import uvicorn
+from fastapi import FastAPI
+
+from export.manifest import Manifest
+from service import __version__
+from service.engine import Engine
+from service.errors import install_handlers
+from service.loader import StartupError, open_model, verify_bundles, warm_up
+from service.routes import native, ops, v2
+from service.runtime import SessionFactory
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Serves modular networks whose compute is dialled per request: every model has sparsity levels
+("full", "1/2", "1/4", "1/8"), and each request picks one explicitly, by latency budget, or by
+accuracy floor. Native JSON API under `/v1`, Open Inference Protocol v2 under `/v2`.
+"""
+
+
+def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> FastAPI:
+    """An app that loads `settings.bundles` in the background once started; ready after warm-up."""
+    engine = Engine(settings)
+    factory = session_factory or ort.InferenceSession
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            if not settings.bundles:
+                raise StartupError("no bundles to serve: pass BUNDLE paths or set CIRCUITSERVE_BUNDLES")
+            bundles = verify_bundles(settings.bundles)  # fast, and fails the start outright
+        except Exception as exc:
+            engine.failure = str(exc)
+            raise
+        loading = asyncio.create_task(_load(engine, bundles, factory, app.state.on_fatal))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await engine.close(settings.drain_timeout_s)
+
+    app = FastAPI(
+        title="circuitserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.on_fatal = lambda: None  # serve() replaces it with "stop the server"
+    app.state.on_bad_request = engine.count_invalid
+    install_handlers(app)
+    for module in (native, v2, ops):
+        app.include_router(module.router)
+    return app
+
+
+async def _load(
+    engine: Engine,
+    bundles: list[tuple[Path, Manifest]],
+    factory: SessionFactory,
+    on_fatal: Callable[[], None],
+) -> None:
+    settings = engine.settings
+    try:
+        models = {}
+        for path, manifest in bundles:
+            model = await asyncio.to_thread(open_model, path, manifest, settings, engine.metrics, factory)
+            shape = manifest.input.shape[1:]
+            for lv in model.levels:
+                warm = partial(warm_up, lv, shape, settings.warmup_runs, settings.max_batch_size)
+                await lv.batcher.call(warm)  # on the thread its batches will run on
+                lv.batcher.start()
+                log.info(
+                    "%s level %s warm; profile correction x%.2f", model.name, lv.name, lv.correction.ratio
+                )
+            models[model.name] = model
+        engine.models = models
+        engine.ready = True
+        engine.metrics.ready.set(1)
+        log.info(
+            "ready: serving %s", ", ".join(f"{m.name} ({len(m.levels)} levels)" for m in models.values())
+        )
+    except Exception as exc:
+        engine.failure = f"{type(exc).__name__}: {exc}"
+        log.error("loading bundles failed: %s", engine.failure)
+        on_fatal()
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until interrupted (blocking). Raises StartupError if the bundles cannot be served."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+    )
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    app.state.on_fatal = stop
+    server.run()
+    engine: Engine = app.state.engine
+    if engine.failure:
+        raise StartupError(engine.failure)

@@ -1,0 +1,240 @@
+"""A dynamic batcher for one level: requests queue, batches form, inference runs in a thread.
+
+- A batch starts when `max_batch_size` samples are waiting or the oldest has waited `max_delay_s`.
+- Lower priority numbers run first; FIFO within a priority.
+- A caller's multi-row request is never split; one bigger than `max_batch_size` runs alone.
+- The queue is bounded in samples: a request that does not fit raises Unavailable (503).
+- A request whose deadline passes before its batch starts raises DeadlineExceeded (504), unexecuted.
+- An error in a batch reaches every request of that batch.
+- `close()` stops intake, lets the queue drain (up to a timeout), fails what is left, stops the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, ServiceError, Unavailable
+
+Outputs = dict[str, np.ndarray]
+RunFn = Callable[[np.ndarray], Outputs]
+BatchObserver = Callable[[int, float], None]  # (batch samples, compute seconds)
+_TIMER_GRAIN_S = 0.001
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    outputs: Outputs  # this request's rows only
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+@dataclass(order=True)
+class _Pending:
+    priority: int
+    seq: int
+    rows: np.ndarray = field(compare=False)
+    deadline: float = field(compare=False)  # time.monotonic()
+    enqueued: float = field(compare=False)
+    start_by: float = field(compare=False)  # the batch must start by then, full or not
+    future: asyncio.Future[BatchResult] = field(compare=False)
+    started: bool = field(default=False, compare=False)
+    dropped: bool = field(default=False, compare=False)
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        name: str,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_samples: int,
+        on_batch: BatchObserver | None = None,
+        retry_after: Callable[[], int] = lambda: 1,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_samples = max_queue_samples
+        self._on_batch = on_batch
+        self._retry_after = retry_after
+        self._heap: list[_Pending] = []
+        self._seq = itertools.count()
+        self.queued_samples = 0
+        self.running_samples = 0
+        self.running_since: float | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.queued_samples == 0 and self.running_since is None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def call(self, fn: Callable[[], object]) -> None:
+        """Run `fn` on this level's inference thread (warm-up runs where batches will run)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def submit(
+        self, rows: np.ndarray, *, deadline: float, priority: int = 0, max_wait_s: float | None = None
+    ) -> BatchResult:
+        """Queue `rows` (a caller's whole batch) and wait for its outputs. The batch it joins starts
+        within `max_wait_s` (at most the batcher's max delay) even if not full."""
+        if self._closing:
+            raise Unavailable(f"{self.name}: shutting down, not accepting requests")
+        if len(rows) > self.max_queue_samples:
+            raise BadRequest(
+                f"{len(rows)} rows in one request exceed the queue limit of {self.max_queue_samples}"
+            )
+        if self.queued_samples + len(rows) > self.max_queue_samples:
+            raise Unavailable(
+                f"{self.name}: queue full ({self.queued_samples} samples waiting, limit "
+                f"{self.max_queue_samples})",
+                retry_after_s=self._retry_after(),
+            )
+        now = time.monotonic()
+        wait = self.max_delay_s if max_wait_s is None else min(max_wait_s, self.max_delay_s)
+        future = asyncio.get_running_loop().create_future()
+        item = _Pending(priority, next(self._seq), rows, deadline, now, now + max(0.0, wait), future)
+        heapq.heappush(self._heap, item)
+        self.queued_samples += item.n
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            if item.started:  # already running: its answer is moments away, wait for it
+                return await item.future
+            self._drop(item)
+            raise DeadlineExceeded(f"{self.name}: deadline passed while queued; not executed") from None
+        except asyncio.CancelledError:  # the caller went away: unqueue unless already running
+            self._drop(item)
+            raise
+
+    def _drop(self, item: _Pending) -> None:
+        if not item.dropped and not item.started:
+            item.dropped = True
+            self.queued_samples -= item.n
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._heap:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _wait_for_batch(self) -> None:
+        while self.queued_samples < self.max_batch_size and not self._closing:
+            remaining = min((p.start_by for p in self._heap if not p.dropped), default=0.0) - time.monotonic()
+            if remaining < _TIMER_GRAIN_S:  # event-loop timers cannot wait less than this
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        now = time.monotonic()
+        while self._heap:
+            head = self._heap[0]
+            if head.dropped or head.future.done():
+                heapq.heappop(self._heap)
+                self._drop(head)
+                continue
+            if batch and size + head.n > self.max_batch_size:
+                break
+            heapq.heappop(self._heap)
+            self.queued_samples -= head.n
+            head.dropped = True  # out of the queue either way
+            if head.deadline <= now:
+                head.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed before running"))
+                continue
+            head.started = True
+            batch.append(head)
+            size += head.n
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+        start = time.monotonic()
+        self.running_samples, self.running_since = len(rows), start
+        outputs: Outputs = {}
+        error: BaseException | None = None
+        try:
+            outputs, compute = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._timed, rows
+            )
+        except asyncio.CancelledError:  # closed past its drain timeout mid-batch
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(Unavailable(f"{self.name}: shut down while this request ran"))
+            raise
+        except ServiceError as exc:
+            error = exc
+        except Exception as exc:
+            error = InferenceFailed(f"{self.name}: inference failed: {type(exc).__name__}: {exc}")
+        if error is not None:
+            compute = time.monotonic() - start
+        self.running_samples, self.running_since = 0, None
+        if error is None and self._on_batch is not None:
+            self._on_batch(len(rows), compute)
+        offset = 0
+        for p in batch:
+            part = slice(offset, offset + p.n)
+            offset += p.n
+            if p.future.done():
+                continue
+            if error is not None:
+                p.future.set_exception(error)
+            else:
+                mine = {k: v[part] for k, v in outputs.items()}
+                p.future.set_result(BatchResult(mine, start - p.enqueued, compute, len(rows)))
+
+    def _timed(self, rows: np.ndarray) -> tuple[Outputs, float]:
+        t0 = time.perf_counter()
+        outputs = self._run(rows)
+        return outputs, time.perf_counter() - t0
+
+    async def close(self, timeout_s: float = 0.0) -> None:
+        """Stop intake, let queued work finish for up to `timeout_s`, fail the rest (503)."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        for item in self._heap:
+            if not item.dropped and not item.future.done():
+                item.future.set_exception(Unavailable(f"{self.name}: shut down before this request ran"))
+        self._heap.clear()
+        self.queued_samples = 0
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,167 @@
+"""The `circuitserve` command. Heavy imports (torch, onnx) happen inside the subcommands that need
+them, so `serve` and `inspect` run on the base install."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Train, export and serve a Neural Attentive Circuit with per-request compute.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_CHECKPOINT = Path("runs/digits")
+DEFAULT_BUNDLE = Path("bundles/digits")
+
+
+def parse_levels(text: str) -> list[Fraction]:
+    """'1,1/2,0.25' -> [1, 1/2, 1/4]; rejects duplicates and values outside (0, 1]."""
+    try:
+        levels = [Fraction(part.strip()).limit_denominator(1024) for part in text.split(",") if part.strip()]
+    except (ValueError, ZeroDivisionError) as exc:
+        raise typer.BadParameter(f"cannot read levels {text!r}: {exc}") from exc
+    if not levels:
+        raise typer.BadParameter("no levels given")
+    bad = [str(f) for f in levels if not 0 < f <= 1]
+    if bad:
+        raise typer.BadParameter(f"keep fractions must be in (0, 1]: {', '.join(bad)}")
+    if len(set(levels)) != len(levels):
+        raise typer.BadParameter(f"duplicate level in {text!r}")
+    return levels
+
+
+def _need_train_extra() -> None:
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        typer.echo(f"this command needs the train extra: pip install 'circuitserve[train]' ({exc})", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="checkpoint directory to write")] = DEFAULT_CHECKPOINT,
+    dataset: Annotated[
+        str, typer.Option(help="digits, mnist1d or PATH.npz (arrays x, y[, label_names])")
+    ] = "digits",
+    seed: int = 0,
+    epochs: Annotated[int | None, typer.Option(help="default: the preset's")] = None,
+    preset: Annotated[str | None, typer.Option(help="model size preset (default: the dataset's)")] = None,
+    sparsity_aware: Annotated[bool, typer.Option(help="train every level, not only the full model")] = True,
+    levels: Annotated[str, typer.Option(help="keep fractions drawn during training")] = "1,1/2,1/4,1/8",
+) -> None:
+    """Train a NAC and print test accuracy per level, in out-degree and in random order."""
+    _need_train_extra()
+    from model.data import DatasetError
+    from model.train import TrainConfig, format_results
+    from model.train import train as run_training
+
+    cfg = TrainConfig(
+        dataset=dataset,
+        seed=seed,
+        epochs=epochs,
+        preset=preset,
+        sparsity_aware=sparsity_aware,
+        levels=[float(f) for f in parse_levels(levels)],
+    )
+    try:
+        _, meta = run_training(cfg, out)
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"checkpoint written to {out} ({meta['train_seconds']} s)")
+    typer.echo(format_results(meta["test_accuracy"]))
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="directory written by `circuitserve train --out`")],
+    out: Annotated[Path, typer.Option(help="bundle directory to write")] = DEFAULT_BUNDLE,
+    levels: Annotated[str, typer.Option(help="keep fractions, one ONNX graph each")] = "1,1/2,1/4,1/8",
+    name: Annotated[str | None, typer.Option(help="model name (default: the dataset's)")] = None,
+    ranking: Annotated[
+        str, typer.Option(help="module order: outdegree or random (the control)")
+    ] = "outdegree",
+) -> None:
+    """Export one ONNX graph per level with a measured profile into a bundle directory."""
+    _need_train_extra()
+    from export.build import ExportError, export_bundle
+
+    try:
+        manifest = export_bundle(checkpoint, out, parse_levels(levels), name=name, ranking=ranking)
+    except (ExportError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    from export.inspect import format_levels
+
+    typer.echo(f"bundle written to {out}")
+    typer.echo(format_levels(manifest))
+
+
+@app.command()
+def inspect(bundle: Annotated[Path, typer.Argument(help="bundle directory")]) -> None:
+    """Print a bundle's level table (checksums verified)."""
+    from export.inspect import format_levels
+    from export.manifest import BundleError, load_bundle
+
+    try:
+        typer.echo(format_levels(load_bundle(bundle)))
+    except BundleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def ensure_default_bundle() -> Path:
+    """The default digits bundle, trained and exported on first use."""
+    if (DEFAULT_BUNDLE / "manifest.json").is_file():
+        return DEFAULT_BUNDLE
+    typer.echo(
+        f"no bundle at {DEFAULT_BUNDLE}: training the default digits model (about a minute)...", err=True
+    )
+    _need_train_extra()
+    if not (DEFAULT_CHECKPOINT / "checkpoint.json").is_file():
+        train(out=DEFAULT_CHECKPOINT)
+    export(DEFAULT_CHECKPOINT, out=DEFAULT_BUNDLE)
+    return DEFAULT_BUNDLE
+
+
+@app.command()
+def serve(
+    bundles: Annotated[list[Path] | None, typer.Argument(help="bundle directories (default: digits)")] = None,
+    host: Annotated[str | None, typer.Option(help="default 127.0.0.1, or CIRCUITSERVE_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default 8000, or CIRCUITSERVE_PORT")] = None,
+) -> None:
+    """Serve bundles over HTTP (native JSON API and Open Inference Protocol v2)."""
+    from pydantic import ValidationError
+
+    from service.app import serve as run_server
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if bundles:
+        overrides["bundles"] = bundles
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not settings.bundles:
+        settings = settings.model_copy(update={"bundles": [ensure_default_bundle()]})
+    run_server(settings)
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="small, fast run (used by the test suite)")] = False,
+    out: Annotated[Path, typer.Option(help="where report.json and REPORT.md go")] = Path("bench"),
+) -> None:
+    """Measure levels, serving overhead, peers and overload; write bench/report.json and REPORT.md."""
+    from bench.run import run_all
+
+    run_all(out=out, quick=quick)

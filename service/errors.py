@@ -1,0 +1,112 @@
+"""Every error the service answers with, and the one place that maps them to HTTP.
+
+Raise a ServiceError subclass anywhere; the handlers installed by `install_handlers` turn it into
+`{"error": message}` with its status code (the body the Open Inference Protocol clients parse).
+`outcome` is the value of the `outcome` label on `circuitserve_requests_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status: ClassVar[int] = 500
+    outcome: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    """The request is malformed or asks for something impossible (400)."""
+
+    status = 400
+    outcome = "bad_request"
+
+
+class NotFound(ServiceError):
+    """Unknown model, version or level (404)."""
+
+    status = 404
+    outcome = "bad_request"
+
+
+class Unavailable(ServiceError):
+    """Not ready, draining, or the queue is full: try again later (503 with Retry-After)."""
+
+    status = 503
+    outcome = "rejected"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class DeadlineExceeded(ServiceError):
+    """The request's deadline passed before it ran; it was not executed (504)."""
+
+    status = 504
+    outcome = "timeout"
+
+
+class InferenceFailed(ServiceError):
+    """The inference session raised (500)."""
+
+    status = 500
+    outcome = "error"
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    if exc is None:
+        return "success"
+    return exc.outcome if isinstance(exc, ServiceError) else "error"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        on_rejected = getattr(request.app.state, "on_bad_request", None)
+        if on_rejected is not None:
+            on_rejected(request.path_params.get("name"))
+        return error_response(400, _validation_message(exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,97 @@
+"""Prometheus metrics, one private registry per app. Names are a contract with deploy/ dashboards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+OUTCOMES = ("success", "bad_request", "rejected", "timeout", "error")
+NO_LEVEL = "none"  # level label of a request that failed before a level was chosen
+UNKNOWN_MODEL = "_unknown"  # model label of a request for a model that is not served
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_COMPUTE_BUCKETS = (0.0001, 0.00025, *_LATENCY_BUCKETS)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ml = ("model", "level")
+        self.requests = Counter(
+            "circuitserve_requests", "Inference requests by outcome.", (*ml, "outcome"), registry=r
+        )
+        self.request_duration = Histogram(
+            "circuitserve_request_duration_seconds",
+            "Time from receiving an inference request to its answer.",
+            ml,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "circuitserve_queue_wait_seconds",
+            "Time a request waited in its level's queue before its batch ran.",
+            ml,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "circuitserve_compute_seconds",
+            "Inference time of one batch.",
+            ml,
+            buckets=_COMPUTE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "circuitserve_batch_size", "Samples per executed batch.", ml, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "circuitserve_queue_depth", "Samples waiting in a level's queue.", ml, registry=r
+        )
+        self.inferred_samples = Counter(
+            "circuitserve_inferred_samples", "Samples run through a level's graph.", ml, registry=r
+        )
+        self.level_selections = Counter(
+            "circuitserve_level_selections",
+            "Levels chosen, by the policy that chose them.",
+            (*ml, "policy"),
+            registry=r,
+        )
+        self.budget_misses = Counter(
+            "circuitserve_budget_misses",
+            "Requests whose latency budget or accuracy floor could not be met.",
+            ("model",),
+            registry=r,
+        )
+        self.ready = Gauge("circuitserve_ready", "1 when the server accepts inference requests.", registry=r)
+
+    def add_level(self, model: str, level: str, queue_depth: Callable[[], float]) -> None:
+        """Create a level's series up front (so they read 0, not absent) and wire its queue gauge."""
+        self.queue_depth.labels(model, level).set_function(queue_depth)
+        for name in (self.request_duration, self.queue_wait, self.compute, self.batch_size):
+            name.labels(model, level)
+        self.inferred_samples.labels(model, level)
+        for outcome in OUTCOMES:
+            self.requests.labels(model, level, outcome)
+
+    def observe_batch(self, model: str, level: str, samples: int, compute_s: float) -> None:
+        self.batch_size.labels(model, level).observe(samples)
+        self.compute.labels(model, level).observe(compute_s)
+        self.inferred_samples.labels(model, level).inc(samples)
+
+    def observe_request(
+        self, model: str, level: str, outcome: str, duration_s: float, queue_s: float | None = None
+    ) -> None:
+        self.requests.labels(model, level, outcome).inc()
+        self.request_duration.labels(model, level).observe(duration_s)
+        if queue_s is not None:
+            self.queue_wait.labels(model, level).observe(queue_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

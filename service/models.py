@@ -1,0 +1,105 @@
+"""A served model: its manifest, and per level the session runner, batcher and live profile."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from export.manifest import Level, Manifest
+from service.batcher import Batcher
+from service.errors import BadRequest
+from service.policy import Correction, LevelProfile, LevelState
+from service.runtime import LevelRunner
+
+
+def profile_of(level: Level) -> LevelProfile:
+    points = tuple(sorted((s.batch_size, s.median_ms) for s in level.latency))
+    return LevelProfile(level.name, level.keep_fraction, level.accuracy, points or ((1, 1.0),))
+
+
+@dataclass
+class ServedLevel:
+    level: Level
+    runner: LevelRunner
+    batcher: Batcher
+    profile: LevelProfile
+    correction: Correction = field(default_factory=Correction)
+
+    @property
+    def name(self) -> str:
+        return self.level.name
+
+    def observe_compute(self, samples: int, compute_s: float) -> None:
+        self.correction.observe(self.profile.predict_ms(samples), compute_s * 1000)
+
+    def state(self) -> LevelState:
+        b = self.batcher
+        remaining = 0.0
+        if b.running_since is not None:
+            expected = self.correction.ratio * self.profile.predict_ms(b.running_samples)
+            remaining = max(0.0, expected - (time.monotonic() - b.running_since) * 1000)
+        return LevelState(self.profile, self.correction.ratio, b.queued_samples, remaining, b.idle)
+
+
+@dataclass
+class ServedModel:
+    manifest: Manifest
+    path: Path
+    levels: list[ServedLevel]  # most accurate (largest keep fraction) first
+    default_level: str = "full"
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def level(self, name: str) -> ServedLevel:
+        return next(lv for lv in self.levels if lv.name == name)
+
+    def resolve_level(self, spec: object) -> ServedLevel:
+        """A level by name ("full", "1/2") or keep fraction (0.5, "0.5"); BadRequest if none matches."""
+        if isinstance(spec, str):
+            for lv in self.levels:
+                if lv.name == spec:
+                    return lv
+        fraction = _as_fraction(spec)
+        if fraction is not None:
+            for lv in self.levels:
+                if math.isclose(lv.level.keep_fraction, fraction, rel_tol=1e-6):
+                    return lv
+        known = ", ".join(f"{lv.name!r} ({lv.level.keep_fraction:g})" for lv in self.levels)
+        raise BadRequest(f"model {self.name!r} has no sparsity level {spec!r}; levels: {known}")
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """The request's rows, or BadRequest saying what is wrong with them."""
+        spec = self.manifest.input
+        want = tuple(spec.shape[1:])
+        if x.dtype != np.float32:
+            raise BadRequest(f"input {spec.name!r} must be FP32 (float32), got {x.dtype}")
+        if x.ndim != len(spec.shape) or tuple(x.shape[1:]) != want:
+            raise BadRequest(
+                f"input {spec.name!r} must have shape [batch, {', '.join(map(str, want))}], "
+                f"got {list(x.shape)}"
+            )
+        if x.shape[0] < 1:
+            raise BadRequest(f"input {spec.name!r} has no rows")
+        if not np.isfinite(x).all():
+            raise BadRequest(f"input {spec.name!r} contains NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+
+def _as_fraction(spec: object) -> float | None:
+    if isinstance(spec, bool):
+        return None
+    if isinstance(spec, int | float):
+        return float(spec)
+    if isinstance(spec, str):
+        try:
+            return float(Fraction(spec.strip()))
+        except (ValueError, ZeroDivisionError):
+            return None
+    return None

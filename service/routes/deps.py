@@ -1,0 +1,31 @@
+"""Shared route helpers."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from service.engine import Engine, Inference
+
+
+def engine(request: Request) -> Engine:
+    eng = request.app.state.engine
+    assert isinstance(eng, Engine)
+    return eng
+
+
+def timing(inference: Inference) -> dict[str, object]:
+    """What every response says about the level that ran and the time spent."""
+    level, result = inference.level.level, inference.result
+    info: dict[str, object] = {
+        "sparsity_level": level.name,
+        "keep_fraction": level.keep_fraction,
+        "expected_accuracy": level.accuracy,
+        "policy": inference.decision.policy,
+        "predicted_ms": round(inference.decision.predicted_ms, 4),
+        "queue_ms": round(result.queue_s * 1000, 4),
+        "compute_ms": round(result.compute_s * 1000, 4),
+        "batch_size": result.batch_size,
+    }
+    if inference.budget_met is not None:
+        info["budget_met"] = inference.budget_met
+    return info

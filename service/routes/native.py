@@ -1,0 +1,116 @@
+"""The native JSON API: predict with a budget, and the level table of each model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends
+
+from service.engine import Engine, RequestBudget
+from service.errors import BadRequest
+from service.models import ServedModel
+from service.routes.deps import engine, timing
+from service.schemas import (
+    ClassScore,
+    LevelInfo,
+    ModelInfo,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    TensorInfo,
+)
+
+router = APIRouter(prefix="/v1", tags=["native"])
+_NO_NONE: dict[str, Any] = {"response_model_exclude_none": True}
+
+
+def _rows(model: ServedModel, inputs: list[Any]) -> np.ndarray:
+    shape = model.manifest.input.shape[1:]
+    try:
+        x = np.asarray(inputs, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"inputs must be equally shaped lists of numbers: {exc}") from None
+    if x.ndim == 2 and x.shape[1] == math.prod(shape) and len(shape) > 1:
+        x = x.reshape(len(x), *shape)  # flat rows are accepted too
+    return x
+
+
+def _predictions(model: ServedModel, probs: np.ndarray, top_k: int | None) -> list[Prediction]:
+    labels = model.manifest.labels
+    out = []
+    for row in probs:
+        best = int(np.argmax(row))
+        if top_k is None:
+            out.append(Prediction(label=labels[best], class_index=best, probabilities=row.tolist()))
+        else:
+            order = np.argsort(-row, kind="stable")[:top_k]
+            scores = [
+                ClassScore(label=labels[i], class_index=int(i), probability=float(row[i])) for i in order
+            ]
+            out.append(Prediction(label=labels[best], class_index=best, top_k=scores))
+    return out
+
+
+@router.post("/models/{name}/predict", response_model=PredictResponse, **_NO_NONE)
+async def predict(name: str, body: PredictRequest, eng: Engine = Depends(engine)) -> PredictResponse:
+    """Classify `inputs`; the level is chosen per request from `sparsity_level`, `latency_budget_ms`,
+    `min_accuracy`, or the server's default level."""
+    with eng.track(name) as rec:
+        model = eng.model(name)
+        budget = RequestBudget(
+            level=body.sparsity_level,
+            latency_ms=body.latency_budget_ms,
+            min_accuracy=body.min_accuracy,
+            priority=body.priority,
+            timeout_ms=body.timeout_ms,
+        )
+        inference = await eng.infer(model, _rows(model, body.inputs), budget, rec)
+        probs = inference.result.outputs["probabilities"]
+        return PredictResponse.model_validate(
+            {
+                "model": model.name,
+                "model_version": model.manifest.version,
+                **timing(inference),
+                "predictions": _predictions(model, probs, body.top_k),
+            }
+        )
+
+
+def _info(model: ServedModel) -> ModelInfo:
+    m = model.manifest
+    return ModelInfo(
+        name=m.name,
+        version=m.version,
+        default_level=model.default_level,
+        input=TensorInfo(name=m.input.name, datatype=m.input.datatype, shape=m.input.shape),
+        outputs=[TensorInfo(name=o.name, datatype=o.datatype, shape=o.shape) for o in m.outputs],
+        labels=m.labels,
+        levels=[
+            LevelInfo(
+                name=lv.name,
+                keep_fraction=lv.level.keep_fraction,
+                accuracy=lv.level.accuracy,
+                modules=lv.level.modules,
+                params=lv.level.params,
+                flops=lv.level.flops,
+                latency_ms={b: t for b, t in lv.profile.latency_ms},
+                correction=lv.correction.ratio,
+                provider=lv.runner.provider,
+                queue_depth=lv.batcher.queued_samples,
+            )
+            for lv in model.levels
+        ],
+    )
+
+
+@router.get("/models", response_model=list[ModelInfo])
+async def list_models(eng: Engine = Depends(engine)) -> list[ModelInfo]:
+    return [_info(eng.model(n)) for n in sorted(eng.models)] if eng.ready else []
+
+
+@router.get("/models/{name}", response_model=ModelInfo)
+async def model_table(name: str, eng: Engine = Depends(engine)) -> ModelInfo:
+    """The model's level table: accuracy, profiled latency and live correction per level."""
+    return _info(eng.model(name))

@@ -1,0 +1,146 @@
+"""Open Inference Protocol v2 (KServe / Triton HTTP), with the binary tensor data extension.
+
+The budget travels in the request `parameters`: `sparsity_level`, `latency_budget_ms`,
+`min_accuracy`, beside Triton's `priority` and `timeout` (µs). The body is parsed by hand:
+tritonclient sends no Content-Type.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from service import __version__
+from service.engine import Engine, RequestBudget
+from service.errors import BadRequest, NotFound
+from service.models import ServedModel
+from service.routes.deps import engine, timing
+from service.v2_codec import HEADER_LENGTH, encode_response, parse_request
+
+router = APIRouter(tags=["Open Inference Protocol v2"])
+_MODEL = "/v2/models/{name}"
+_VERSIONED = "/v2/models/{name}/versions/{version}"
+
+_INFER_EXAMPLE = {
+    "id": "42",
+    "parameters": {"latency_budget_ms": 5.0},
+    "inputs": [{"name": "x", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
+    "outputs": [{"name": "probabilities"}],
+}
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object"}, "example": _INFER_EXAMPLE},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"JSON header of {HEADER_LENGTH} bytes, then raw tensor bytes",
+            },
+        },
+    }
+}
+
+
+@router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(eng: Engine = Depends(engine)) -> JSONResponse:
+    return JSONResponse({"ready": eng.ready}, status_code=200 if eng.ready else 503)
+
+
+@router.get("/v2")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "circuitserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+def _model(eng: Engine, name: str, version: str | None) -> ServedModel:
+    model = eng.model(name)
+    if version is not None and version != model.manifest.version:
+        raise NotFound(f"model {name!r} has no version {version!r}; served: {model.manifest.version!r}")
+    return model
+
+
+@router.get(_MODEL)
+@router.get(_VERSIONED)
+async def model_metadata(
+    name: str, version: str | None = None, eng: Engine = Depends(engine)
+) -> dict[str, Any]:
+    m = _model(eng, name, version).manifest
+    return {
+        "name": m.name,
+        "versions": [m.version],
+        "platform": "onnx_onnxv1",
+        "inputs": [{"name": m.input.name, "datatype": m.input.datatype, "shape": m.input.shape}],
+        "outputs": [{"name": o.name, "datatype": o.datatype, "shape": o.shape} for o in m.outputs],
+    }
+
+
+@router.get(_MODEL + "/ready")
+@router.get(_VERSIONED + "/ready")
+async def model_ready(name: str, version: str | None = None, eng: Engine = Depends(engine)) -> dict[str, Any]:
+    return {"name": _model(eng, name, version).name, "ready": True}
+
+
+def _number(params: dict[str, Any], key: str) -> float | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"parameter {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def budget_from(params: dict[str, Any]) -> RequestBudget:
+    priority = params.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise BadRequest(f"parameter 'priority' must be an integer, got {priority!r}")
+    timeout_us = _number(params, "timeout")
+    level = params.get("sparsity_level")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, str | int | float)):
+        raise BadRequest(f"parameter 'sparsity_level' must be a level name or keep fraction, got {level!r}")
+    return RequestBudget(
+        level=level,
+        latency_ms=_number(params, "latency_budget_ms"),
+        min_accuracy=_number(params, "min_accuracy"),
+        priority=priority,
+        timeout_ms=None if timeout_us is None else timeout_us / 1000,
+    )
+
+
+@router.post(_MODEL + "/infer", openapi_extra=_INFER_DOC)
+@router.post(_VERSIONED + "/infer", openapi_extra=_INFER_DOC)
+async def infer(
+    name: str, request: Request, version: str | None = None, eng: Engine = Depends(engine)
+) -> Response:
+    with eng.track(name) as rec:
+        model = _model(eng, name, version)
+        req = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        spec = model.manifest.input
+        if [t.name for t in req.inputs] != [spec.name]:
+            raise BadRequest(
+                f"model {name!r} takes one input named {spec.name!r}, got {[t.name for t in req.inputs]}"
+            )
+        if req.inputs[0].datatype != spec.datatype:
+            raise BadRequest(f"input {spec.name!r} must be {spec.datatype}, got {req.inputs[0].datatype}")
+        names = [o.name for o in model.manifest.outputs]
+        wanted = req.outputs if req.outputs is not None else {n: req.binary_output for n in names}
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise BadRequest(f"model {name!r} has no outputs {unknown}; outputs: {names}")
+        inference = await eng.infer(model, req.inputs[0].array, budget_from(req.parameters), rec)
+        params = {
+            k: v for k, v in timing(inference).items() if not (isinstance(v, float) and not math.isfinite(v))
+        }
+        header: dict[str, Any] = {"model_name": model.name, "model_version": model.manifest.version}
+        if req.id is not None:
+            header["id"] = req.id
+        header["parameters"] = params
+        outputs = [(n, inference.result.outputs[n], wanted[n]) for n in names if n in wanted]
+        body, headers = encode_response(header, outputs)
+    return Response(body, headers=headers)

@@ -1,0 +1,54 @@
+"""All server settings: one object, from arguments and `CIRCUITSERVE_*` environment variables.
+
+Lists are JSON in the environment: `CIRCUITSERVE_BUNDLES='["bundles/mnist1d"]'`.
+Constructing a Settings validates it and touches no hardware.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CIRCUITSERVE_", extra="forbid", validate_default=True)
+
+    bundles: list[Path] = Field(default_factory=list, description="bundle directories written by export")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
+    default_level: str | None = Field(
+        None, description='level used when a request states no budget ("1/2" or "0.5"); None = full'
+    )
+    max_batch_size: int = Field(64, ge=1, description="samples per batch, per level")
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait to fill a batch")
+    max_queue_size: int = Field(4096, ge=1, description="samples waiting per level before 503")
+    request_timeout_ms: float = Field(
+        30_000, gt=0, description="default deadline; a request's own timeout may only lower it"
+    )
+    default_priority: int = Field(5, ge=1, description="queue priority of requests sending priority 0")
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="onnxruntime threads per session; None = as profiled in the manifest"
+    )
+    inter_op_threads: int = Field(1, ge=1)
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    warmup_runs: int = Field(3, ge=1, description="runs per profiled batch size before ready")
+    drain_timeout_s: float = Field(20.0, ge=0)
+    max_body_bytes: int = Field(64 << 20, ge=1024)
+    auth_token: SecretStr | None = None
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("bundles")
+    @classmethod
+    def _bundles_are_directories(cls, bundles: list[Path]) -> list[Path]:
+        missing = [str(b) for b in bundles if not Path(b).is_dir()]
+        if missing:
+            raise ValueError(f"bundle directories not found: {', '.join(missing)}")
+        return bundles
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v

@@ -1,0 +1,69 @@
+"""Recent-traffic statistics for GET /v1/stats: throughput windows, latency percentiles, level mix."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+WINDOWS_S = (10, 60)
+
+
+@dataclass(frozen=True)
+class _Event:
+    at: float
+    model: str
+    level: str
+    outcome: str
+    samples: int
+    latency_s: float
+
+
+class RecentStats:
+    """Keeps the requests of the last `horizon_s` seconds (at most `max_events`) in memory."""
+
+    def __init__(self, horizon_s: float = max(WINDOWS_S), max_events: int = 200_000) -> None:
+        self.horizon_s = horizon_s
+        self._events: deque[_Event] = deque(maxlen=max_events)
+        self.started = time.monotonic()
+
+    def record(self, model: str, level: str, outcome: str, samples: int, latency_s: float) -> None:
+        self._events.append(_Event(time.monotonic(), model, level, outcome, samples, latency_s))
+
+    def _recent(self, now: float, window_s: float) -> list[_Event]:
+        while self._events and self._events[0].at < now - self.horizon_s:
+            self._events.popleft()
+        return [e for e in self._events if e.at >= now - window_s]
+
+    def snapshot(self, queue_depth: dict[str, dict[str, int]]) -> dict[str, Any]:
+        now = time.monotonic()
+        uptime = now - self.started
+        windows = {}
+        for w in WINDOWS_S:
+            events = self._recent(now, w)
+            ok = [e for e in events if e.outcome == "success"]
+            span = max(min(w, uptime), 1e-9)
+            latencies = np.array([e.latency_s * 1000 for e in ok])
+            windows[f"{w}s"] = {
+                "requests": len(events),
+                "requests_per_s": len(events) / span,
+                "samples_per_s": sum(e.samples for e in ok) / span,
+                "outcomes": dict(Counter(e.outcome for e in events)),
+                "latency_ms": {
+                    f"p{q}": (float(np.percentile(latencies, q)) if len(latencies) else None)
+                    for q in (50, 95, 99)
+                },
+                "level_mix": _mix(ok),
+            }
+        return {"uptime_s": uptime, "windows": windows, "queue_depth": queue_depth}
+
+
+def _mix(events: list[_Event]) -> dict[str, dict[str, float]]:
+    """Per model, the fraction of successful requests each level served."""
+    counts: dict[str, Counter[str]] = {}
+    for e in events:
+        counts.setdefault(e.model, Counter())[e.level] += 1
+    return {m: {lv: n / sum(c.values()) for lv, n in sorted(c.items())} for m, c in counts.items()}

@@ -1,0 +1,156 @@
+"""Open Inference Protocol (v2) bodies: JSON, and the binary tensor data extension, both ways.
+
+Binary extension: the JSON header is followed by raw little-endian tensor bytes in input order; its
+length is in the `Inference-Header-Content-Length` header; inputs carry `binary_data_size`; outputs are
+sent binary when asked for (`binary_data` per output, or `binary_data_output` for the request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import BadRequest
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DATATYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(t).newbyteorder("<")
+    for name, t in {
+        "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+        "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+        "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    }.items()
+}  # fmt: skip
+
+
+@dataclass
+class V2Tensor:
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+@dataclass
+class V2Request:
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: list[V2Tensor]
+    outputs: dict[str, bool] | None  # requested output -> binary?; None = all outputs
+    binary_output: bool = False  # request-level binary_data_output
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and d >= 0 for d in value):
+        raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[V2Tensor, int]:
+    name = spec.get("name")
+    if not isinstance(name, str):
+        raise BadRequest("every input needs a string 'name'")
+    datatype = spec.get("datatype")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; use one of {sorted(DATATYPES)}")
+    dtype, shape = DATATYPES[datatype], _shape(spec.get("shape"), name)
+    count = math.prod(shape)
+    size = _obj(spec.get("parameters", {}), f"input {name!r} parameters").get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size != count * dtype.itemsize:
+            raise BadRequest(
+                f"input {name!r}: binary_data_size {size!r} does not match shape {list(shape)} "
+                f"of {datatype} ({count * dtype.itemsize} bytes)"
+            )
+        if offset + size > len(binary):
+            raise BadRequest(f"input {name!r}: body has fewer binary bytes than binary_data_size says")
+        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+        return V2Tensor(name, datatype, array), offset + size
+    if "data" not in spec:
+        raise BadRequest(f"input {name!r}: needs 'data' or parameters.binary_data_size")
+    try:
+        array = np.asarray(spec["data"], dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input {name!r}: data is not a (nested) list of {datatype} values: {exc}") from None
+    if array.size != count:
+        raise BadRequest(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
+    return V2Tensor(name, datatype, array.reshape(shape)), offset
+
+
+def parse_request(body: bytes, header_length: str | None) -> V2Request:
+    """Parse an infer request body (JSON, or JSON header + binary tensors)."""
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 < split <= len(body):
+            raise BadRequest(f"{HEADER_LENGTH} {split} is outside the body ({len(body)} bytes)")
+    else:
+        split = len(body)
+    try:
+        doc = _obj(json.loads(body[:split]), "request body")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    binary = memoryview(body)[split:]
+    specs = doc.get("inputs")
+    if not isinstance(specs, list) or not specs:
+        raise BadRequest("'inputs' must be a non-empty list")
+    inputs, offset = [], 0
+    for spec in specs:
+        tensor, offset = _tensor(_obj(spec, "each input"), binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise BadRequest(f"body has {len(binary) - offset} binary bytes that no input claims")
+    params = _obj(doc.get("parameters") or {}, "parameters")
+    outputs = None
+    if doc.get("outputs") is not None:
+        if not isinstance(doc["outputs"], list):
+            raise BadRequest("'outputs' must be a list")
+        outputs = {}
+        for out in doc["outputs"]:
+            out = _obj(out, "each output")
+            if not isinstance(out.get("name"), str):
+                raise BadRequest("every requested output needs a string 'name'")
+            oparams = _obj(out.get("parameters") or {}, "output parameters")
+            if "classification" in oparams:
+                raise BadRequest("the classification extension is not supported; ask for probabilities")
+            outputs[out["name"]] = bool(oparams.get("binary_data", params.get("binary_data_output")))
+    req_id = doc.get("id")
+    return V2Request(
+        None if req_id is None else str(req_id),
+        params,
+        inputs,
+        outputs,
+        bool(params.get("binary_data_output")),
+    )
+
+
+def encode_response(
+    header: dict[str, Any], outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers; `outputs` are (name, array, send binary?)."""
+    entries, chunks = [], []
+    for name, array, binary in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+        if binary:
+            raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.astype(np.float32).ravel().tolist()
+        entries.append(entry)
+    text = json.dumps({**header, "outputs": entries}, separators=(",", ":")).encode()
+    if not chunks:
+        return text, {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+    return b"".join([text, *chunks]), headers

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from model.data import DatasetError, load_dataset
+
+
+def test_digits_split_is_seeded_and_disjoint():
+    a, b = load_dataset("digits", seed=3), load_dataset("digits", seed=3)
+    assert np.array_equal(a.test.x, b.test.x)
+    assert a.input_shape == (8, 8) and len(a.labels) == 10
+    assert len(a.train.y) + len(a.val.y) + len(a.test.y) == 1797
+    c = load_dataset("digits", seed=4)
+    assert not np.array_equal(a.test.y, c.test.y)
+
+
+def test_normalization_has_no_zero_std():
+    d = load_dataset("digits")
+    mean, std = d.normalization()
+    assert mean.shape == (8, 8) and (std > 0).all()
+
+
+def test_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "toy.npz"
+    np.savez(path, x=rng.normal(size=(60, 6)), y=np.arange(60) % 3, label_names=np.array(["a", "b", "c"]))
+    d = load_dataset(str(path))
+    assert d.labels == ["a", "b", "c"] and d.input_shape == (6,) and d.preset == "features"
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((10, 3))}, "missing array"),
+        ({"x": np.zeros((10, 3)), "y": np.zeros(9, int)}, "y must be integer with shape"),
+        ({"x": np.full((10, 3), np.nan), "y": np.arange(10) % 2}, "NaN"),
+        ({"x": np.zeros((10, 3)), "y": np.zeros(10, int)}, "at least 2 classes"),
+        ({"x": np.zeros((10, 3)), "y": np.arange(10) % 2, "label_names": np.array(["a"])}, "label_names"),
+        ({"x": np.array(["a"] * 10), "y": np.arange(10) % 2}, "x must be numeric"),
+    ],
+)
+def test_npz_errors_say_what_is_wrong(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(str(path))
+
+
+def test_not_a_zip_and_unknown_name(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_text("not a zip")
+    with pytest.raises(DatasetError, match="not a readable"):
+        load_dataset(str(path))
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        load_dataset("imagenet")
+    with pytest.raises(DatasetError, match="no such file"):
+        load_dataset(str(tmp_path / "absent.npz"))

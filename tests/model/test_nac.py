@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from model.nac import NAC, PRESETS, NACConfig, flops_per_example, kernel, level_modules, merge_heads, split_heads
+
+
+def tiny(input_shape=(8, 8), tokenizer="image", patch=2, **kw) -> NAC:
+    torch.manual_seed(0)
+    cfg = dict(PRESETS["tiny"]) | {"tokenizer": tokenizer, "patch": patch} | kw
+    return NAC(NACConfig(input_shape=input_shape, num_classes=5, **cfg)).eval()
+
+
+@pytest.mark.parametrize(
+    ("shape", "kind", "patch", "tokens"),
+    [((8, 8), "image", 2, 16), ((3, 7, 9), "image", 2, 20), ((40,), "signal", 4, 10), ((13,), "features", 4, 4)],
+)
+def test_tokenizer_shapes(shape, kind, patch, tokens):
+    m = tiny(shape, kind, patch)
+    x = torch.randn(3, *shape)
+    assert m.tokenizer(x).shape == (3, tokens, m.cfg.dim)
+    assert m(x).shape == (3, 5)
+
+
+def test_pruned_level_equals_full_model_on_kept_set():
+    m = tiny(modules=16)
+    x = torch.randn(4, 8, 8)
+    keep = m.ranking()[:4]
+    small = m.prune(keep)
+    assert small.cfg.modules == 4 and small.sig.shape[0] == 4 and small.code.shape[0] == 4
+    torch.testing.assert_close(small(x), m(x, keep), rtol=0, atol=1e-6)
+    # dropping modules changes the answer: the kept set really is a different circuit
+    assert not torch.allclose(m(x), m(x, keep), atol=1e-4)
+
+
+def test_prune_holds_fewer_parameters():
+    m = tiny(modules=16)
+    small = m.prune(torch.arange(2))
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in m.parameters())
+
+
+def test_ranking_is_by_outdegree():
+    m = tiny(modules=12)
+    p = kernel(m.sig, m.sig, m.cfg.eps, m.cfg.tau, self_edges=False)
+    outdeg = (p * (1 - torch.eye(12))).sum(0)
+    ranked = outdeg[m.ranking()]
+    assert torch.all(ranked[:-1] >= ranked[1:])
+    assert sorted(m.ranking().tolist()) == list(range(12))
+
+
+def test_kernel_truncation_and_self_edges():
+    sig = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
+    p = kernel(sig, sig, eps=1.0, tau=0.9, self_edges=True)
+    assert torch.equal(torch.diag(p), torch.ones(3))
+    assert p[0, 1] == 0  # orthogonal: d = 1 > tau
+    assert 0.9 < p[0, 2] < 1
+
+
+def test_read_in_matches_naive_modfc_keys():
+    """The read-in never builds per-(module, token) keys; check it against building them."""
+    m = tiny(modules=6)
+    c = m.generate()
+    x = torch.randn(2, 8, 8)
+    tokens = m.ln_tokens(m.tokenizer(x))
+    state = m.ln_in(c["state0"].expand(2, -1, -1))
+    r = m.read_in
+    fast = r(state, tokens, c)
+    h, u, n, d = r.h, 6, tokens.shape[1], m.cfg.dim
+    q = split_heads(r.q(state, c[r.q.key]), h)
+    k = r.k.fc(tokens[:, None] * c[r.k.key][None, :, None]).reshape(2, u, n, h, -1).permute(0, 3, 1, 2, 4)
+    v = r.v.fc(tokens[:, None] * c[r.v.key][None, :, None]).reshape(2, u, n, h, -1).permute(0, 3, 1, 2, 4)
+    att = torch.einsum("bhud,bhund->bhun", q, k) / math.sqrt(d // h)
+    naive = r.o(merge_heads(torch.einsum("bhun,bhund->bhud", att.softmax(-1), v)), c[r.o.key])
+    torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-5)
+
+
+def test_training_mode_samples_edges_per_example():
+    m = tiny(modules=8).train()
+    x = torch.randn(1, 8, 8).expand(2, -1, -1)
+    out = m(x)  # identical inputs, different sampled circuits
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_level_modules_bounds():
+    assert level_modules(64, 1 / 8) == 8
+    assert level_modules(5, 0.01) == 1
+    with pytest.raises(ValueError):
+        level_modules(64, 0)
+
+
+def test_flops_shrink_with_modules():
+    m = tiny(modules=16)
+    full = flops_per_example(m.cfg, 16, 4)
+    eighth = flops_per_example(m.prune(torch.arange(2)).cfg, 16, 4)
+    assert eighth < full / 3

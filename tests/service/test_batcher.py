@@ -1,0 +1,216 @@
+"""The dynamic batcher: batching, priorities, whole caller batches, queue bound, deadlines, errors, close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, BatchResult
+from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, Unavailable
+
+
+class Model:
+    """Doubles its input; records every batch it ran; optionally slow, blocked, or failing."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.batches: list[np.ndarray] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.gate.wait(5)
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("boom")
+        self.batches.append(x.copy())
+        return {"y": x * 2}
+
+
+def run(test: Callable[..., Awaitable[None]], **kw: Any) -> None:
+    async def main() -> None:
+        model = Model(**{k: kw.pop(k) for k in ("delay_s", "fail") if k in kw})
+        opts = {"max_batch_size": 8, "max_delay_s": 0.02, "max_queue_samples": 64, **kw}
+        batcher = Batcher(model, name="test", **opts)
+        batcher.start()
+        try:
+            await test(batcher, model)
+        finally:
+            await batcher.close(1.0)
+
+    asyncio.run(main())
+
+
+def rows(n: int, value: float = 1.0) -> np.ndarray:
+    return np.full((n, 2), value, dtype=np.float32)
+
+
+def soon(s: float = 5.0) -> float:
+    return time.monotonic() + s
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        results = await asyncio.gather(*(b.submit(rows(1, i), deadline=soon()) for i in range(6)))
+        assert len(model.batches) == 1 and len(model.batches[0]) == 6
+        for i, r in enumerate(results):
+            assert isinstance(r, BatchResult) and r.batch_size == 6
+            np.testing.assert_array_equal(r.outputs["y"], rows(1, 2 * i))
+            assert r.queue_s >= 0 and r.compute_s >= 0
+
+    run(test)
+
+
+def test_a_full_batch_starts_without_waiting_for_the_delay() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        t0 = time.monotonic()
+        await asyncio.gather(*(b.submit(rows(2), deadline=soon()) for _ in range(4)))
+        assert time.monotonic() - t0 < 0.5 and [len(x) for x in model.batches] == [8]
+
+    run(test, max_delay_s=1.0)
+
+
+def test_a_callers_batch_is_never_split_and_oversized_ones_run_alone() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()  # hold the first batch so the rest queue up together
+        first = asyncio.create_task(b.submit(rows(1), deadline=soon()))
+        await asyncio.sleep(0.05)
+        rest = [b.submit(rows(n), deadline=soon()) for n in (5, 5, 12)]
+        tasks = [asyncio.ensure_future(t) for t in rest]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+        assert [len(x) for x in model.batches] == [1, 5, 5, 12]
+
+    run(test)
+
+
+def test_lower_priority_numbers_run_first() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()
+        blocker = asyncio.create_task(b.submit(rows(8, -1), deadline=soon()))
+        await asyncio.sleep(0.05)
+        tasks = [
+            asyncio.create_task(b.submit(rows(8, p), deadline=soon(), priority=p)) for p in (5, 1, 3)
+        ]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        assert [float(x[0, 0]) for x in model.batches] == [-1, 1, 3, 5]
+
+    run(test)
+
+
+def test_queue_bound_counts_samples_and_rejects_with_503() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()
+        running = asyncio.create_task(b.submit(rows(4), deadline=soon()))
+        await asyncio.sleep(0.05)  # running now, so out of the queue
+        queued = asyncio.create_task(b.submit(rows(7), deadline=soon()))
+        await asyncio.sleep(0.01)
+        assert b.queued_samples == 7
+        with pytest.raises(Unavailable) as info:
+            await b.submit(rows(2), deadline=soon())
+        assert info.value.status == 503 and "Retry-After" in info.value.headers
+        with pytest.raises(BadRequest):  # could never fit, retrying will not help
+            await b.submit(rows(9), deadline=soon())
+        model.gate.set()
+        await asyncio.gather(running, queued)
+        assert b.queued_samples == 0
+
+    run(test, max_queue_samples=8)
+
+
+def test_expired_requests_get_504_and_are_not_executed() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()
+        blocker = asyncio.create_task(b.submit(rows(8), deadline=soon()))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceeded) as info:
+            await b.submit(rows(1, 7), deadline=soon(0.05))
+        assert info.value.status == 504 and b.queued_samples == 0
+        model.gate.set()
+        await blocker
+        ok = await b.submit(rows(1, 3), deadline=soon())
+        assert ok.batch_size == 1
+        assert all(7 not in x for x in model.batches)
+
+    run(test)
+
+
+def test_an_already_expired_request_never_runs() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(rows(1), deadline=time.monotonic() - 1)
+        await asyncio.sleep(0.05)
+        assert model.batches == []
+
+    run(test)
+
+
+def test_an_error_reaches_every_request_of_the_batch() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        results = await asyncio.gather(
+            *(b.submit(rows(1), deadline=soon()) for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, InferenceFailed) and "boom" in str(r) for r in results)
+        model.fail = False
+        assert (await b.submit(rows(1), deadline=soon())).batch_size == 1  # the batcher lives on
+
+    run(test, fail=True)
+
+
+def test_a_cancelled_request_leaves_the_queue() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()
+        blocker = asyncio.create_task(b.submit(rows(8), deadline=soon()))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(b.submit(rows(3, 9), deadline=soon()))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        assert b.queued_samples == 0
+        model.gate.set()
+        await blocker
+        await asyncio.sleep(0.05)
+        assert len(model.batches) == 1
+
+    run(test)
+
+
+def test_close_drains_the_queue_then_refuses_new_work() -> None:
+    async def main() -> None:
+        model = Model(delay_s=0.01)
+        b = Batcher(model, name="t", max_batch_size=2, max_delay_s=0.0, max_queue_samples=64)
+        b.start()
+        tasks = [asyncio.create_task(b.submit(rows(2), deadline=soon())) for _ in range(5)]
+        await asyncio.sleep(0)
+        await b.close(timeout_s=5)
+        assert all(t.done() and t.exception() is None for t in tasks)
+        with pytest.raises(Unavailable):
+            await b.submit(rows(1), deadline=soon())
+
+    asyncio.run(main())
+
+
+def test_close_past_its_timeout_fails_what_is_left_with_503() -> None:
+    async def main() -> None:
+        model = Model()
+        model.gate.clear()
+        b = Batcher(model, name="t", max_batch_size=1, max_delay_s=0.0, max_queue_samples=64)
+        b.start()
+        tasks = [asyncio.create_task(b.submit(rows(1), deadline=soon())) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await b.close(timeout_s=0.05)
+        model.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert any(isinstance(r, Unavailable) for r in results)
+
+    asyncio.run(main())

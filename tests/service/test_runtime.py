@@ -1,0 +1,104 @@
+"""onnxruntime sessions: the provider is decided from the created session (only the GPU is faked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from service_helpers import asgi_client, make_settings
+
+from export.manifest import Manifest
+from service import runtime
+from service.app import create_app
+from service.errors import InferenceFailed
+from service.runtime import CPU, CUDA, LevelRunner, ProviderError, SessionConfig, create_session
+
+
+class FakeGpuSession:
+    """A real CPU session that reports the CUDA provider it was asked for: the only thing mocked."""
+
+    def __init__(self, path: str, options: ort.SessionOptions, providers: list[str]) -> None:
+        self.inner = ort.InferenceSession(path, options, providers=[CPU])
+        self.providers = [p for p in providers if p in (CUDA, CPU)]
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class NoGpuSession(FakeGpuSession):
+    """What onnxruntime-gpu does without a usable GPU: asked for CUDA, it runs on CPU."""
+
+    def __init__(self, path: str, options: ort.SessionOptions, providers: list[str]) -> None:
+        super().__init__(path, options, providers)
+        self.providers = [CPU]
+
+
+@pytest.fixture
+def cuda_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime-gpu lists CUDA whether or not a GPU exists; make the CPU build do the same."""
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+
+
+def level_path(bundle_path: Path, manifest: Manifest) -> Path:
+    return bundle_path / manifest.levels[0].file
+
+
+def test_cpu_provider_gives_a_real_cpu_session(bundle_path: Path, manifest: Manifest) -> None:
+    session = create_session(level_path(bundle_path, manifest), SessionConfig("cpu", 1, 1))
+    assert session.get_providers() == [CPU]
+
+
+@pytest.mark.usefixtures("cuda_listed")
+def test_auto_uses_cuda_only_when_the_session_runs_there(bundle_path: Path, manifest: Manifest) -> None:
+    path = level_path(bundle_path, manifest)
+    assert create_session(path, SessionConfig("auto"), FakeGpuSession).get_providers()[0] == CUDA
+    assert create_session(path, SessionConfig("auto"), NoGpuSession).get_providers() == [CPU]
+    with pytest.raises(ProviderError, match="cuda"):
+        create_session(path, SessionConfig("cuda"), NoGpuSession)
+
+
+def test_auto_on_this_machine_runs(bundle_path: Path, manifest: Manifest) -> None:
+    session = create_session(level_path(bundle_path, manifest), SessionConfig("auto"))
+    assert session.get_providers()[0] in (CUDA, CPU)
+
+
+@pytest.mark.usefixtures("cuda_listed")
+def test_the_app_reports_the_provider_its_sessions_use(bundle_path: Path) -> None:
+    app = create_app(make_settings(bundle_path, provider="auto"), session_factory=FakeGpuSession)
+    with asgi_client(app) as client:
+        levels = client.get(f"/v1/models/{app.state.engine.models.popitem()[0]}").json()["levels"]
+    assert {lv["provider"] for lv in levels} == {CUDA}
+
+
+@pytest.mark.usefixtures("cuda_listed")
+def test_provider_cuda_without_a_gpu_fails_loading_clearly(bundle_path: Path) -> None:
+    app = create_app(make_settings(bundle_path, provider="cuda"), session_factory=NoGpuSession)
+    with asgi_client(app, ready=False) as client:
+        for _ in range(200):
+            if app.state.engine.failure:
+                break
+            client.get("/v2/health/live")
+        ready = client.get("/v2/health/ready")
+        assert ready.status_code == 503
+        r = client.post("/v2/models/any/infer", content=b"{}")
+        assert r.status_code == 503 and "cuda" in r.json()["error"]
+
+
+def test_runner_checks_the_graph_and_wraps_errors(bundle_path: Path, manifest: Manifest) -> None:
+    session = create_session(level_path(bundle_path, manifest), SessionConfig("cpu"))
+    with pytest.raises(ValueError, match="inputs"):
+        LevelRunner(session, "wrong", ["logits"])
+    with pytest.raises(ValueError, match="outputs"):
+        LevelRunner(session, manifest.input.name, ["nope"])
+    runner = LevelRunner(session, manifest.input.name, ["logits", "probabilities"])
+    out = runner(np.zeros((2, *manifest.input.shape[1:]), np.float32))
+    assert out["probabilities"].shape == (2, len(manifest.labels))
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(InferenceFailed):
+        runner(np.zeros((2, 3), np.float32))
