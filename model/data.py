@@ -32,9 +32,14 @@ class Dataset:
         return tuple(self.train.x.shape[1:])
 
     def normalization(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-element mean and std of the training split; constant elements get std 1."""
-        mean = self.train.x.mean(axis=0)
-        std = self.train.x.std(axis=0)
+        """Mean and std of the training split, one per input element. Feature vectors get their own
+        per feature; images and signals share one over all elements, since a per-pixel std near zero
+        (a border pixel) would blow up a digit that a shift moves onto it."""
+        x = self.train.x
+        if self.preset == "features":
+            mean, std = x.mean(axis=0), x.std(axis=0)
+        else:
+            mean, std = np.full(x.shape[1:], x.mean()), np.full(x.shape[1:], x.std())
         return mean.astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
 
 

@@ -32,6 +32,7 @@ class NACConfig:
     num_classes: int
     tokenizer: TokenizerKind = "image"
     patch: int = 2  # image patch side / signal chunk length / features per token
+    window: int = 1  # signal/features: a token sees this many consecutive chunks (overlapping)
     modules: int = 64  # processor modules U (the ones pruning drops)
     outputs: int = 4  # read-out modules O (never dropped)
     dim: int = 64  # D: state, code and token width
@@ -56,7 +57,7 @@ class NACConfig:
 
 PRESETS: dict[str, dict[str, object]] = {
     # digits: 8x8 images, 2x2 patches -> 16 tokens
-    "digits": dict(tokenizer="image", patch=2, modules=64, dim=64, layers=2),
+    "digits": dict(tokenizer="image", patch=2, modules=64, dim=64, layers=2, dropout=0.2),
     # MNIST-1D: 40-sample signals, chunks of 4 -> 10 tokens
     "mnist1d": dict(tokenizer="signal", patch=4, modules=64, dim=64, layers=2),
     # flat feature vectors (user .npz): 4 features per token
@@ -127,8 +128,9 @@ class Tokenizer(nn.Module):
             c, h, w = self.shape if len(self.shape) == 3 else (1, *self.shape)
             self.grid = (math.ceil(h / self.p), math.ceil(w / self.p))
             n, width = self.grid[0] * self.grid[1], c * self.p * self.p
-        else:  # signal or features: a flat vector cut into chunks of p
-            n, width = math.ceil(math.prod(self.shape) / self.p), self.p
+        else:  # signal or features: a flat vector cut into chunks of p; token i sees chunks i..i+w-1
+            self.window = cfg.window
+            n, width = math.ceil(math.prod(self.shape) / self.p), self.p * cfg.window
         self.n_tokens = n
         self.proj = nn.Linear(width, cfg.dim)
         self.pos = nn.Parameter(torch.randn(n, cfg.dim) * 0.02)
@@ -143,8 +145,9 @@ class Tokenizer(nn.Module):
             tokens = x.reshape(b, gh * gw, -1)  # (B, N, C*p*p)
         else:
             x = x.reshape(b, -1)
-            x = F.pad(x, (0, self.n_tokens * self.p - x.shape[1]))
-            tokens = x.reshape(b, self.n_tokens, self.p)
+            x = F.pad(x, (0, (self.n_tokens + self.window - 1) * self.p - x.shape[1]))
+            chunks = x.reshape(b, -1, self.p)  # (B, N + w - 1, p)
+            tokens = torch.cat([chunks[:, i : i + self.n_tokens] for i in range(self.window)], dim=-1)
         return self.proj(tokens) + self.pos
 
 

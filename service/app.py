@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -68,6 +70,11 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     return app
 
 
+def app_from_env() -> FastAPI:
+    """For `uvicorn --factory service.app:app_from_env`: settings from CIRCUITSERVE_* only."""
+    return create_app(Settings())
+
+
 async def _load(
     engine: Engine,
     bundles: list[tuple[Path, Manifest]],
@@ -119,7 +126,27 @@ def serve(settings: Settings) -> None:
         server.should_exit = True
 
     app.state.on_fatal = stop
-    server.run()
     engine: Engine = app.state.engine
+    try:
+        with _exit_zero_after_signals():
+            server.run()
+    except SystemExit:  # uvicorn exits this way when the lifespan start fails
+        if not engine.failure:
+            raise
     if engine.failure:
         raise StartupError(engine.failure)
+
+
+@contextmanager
+def _exit_zero_after_signals() -> Iterator[None]:
+    """uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; with these no-op handlers in
+    place the process returns from serve() and exits 0 instead of dying by the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OUTCOMES = ("success", "bad_request", "rejected", "timeout", "error")
+POLICIES = ("explicit", "latency_budget", "min_accuracy", "default")
 NO_LEVEL = "none"  # level label of a request that failed before a level was chosen
 UNKNOWN_MODEL = "_unknown"  # model label of a request for a model that is not served
 
@@ -21,6 +29,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the exposition for no use here
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ml = ("model", "level")
@@ -79,6 +88,9 @@ class Metrics:
         self.inferred_samples.labels(model, level)
         for outcome in OUTCOMES:
             self.requests.labels(model, level, outcome)
+        for policy in POLICIES:
+            self.level_selections.labels(model, level, policy)
+        self.budget_misses.labels(model)
 
     def observe_batch(self, model: str, level: str, samples: int, compute_s: float) -> None:
         self.batch_size.labels(model, level).observe(samples)

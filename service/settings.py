@@ -18,25 +18,29 @@ class Settings(BaseSettings):
 
     bundles: list[Path] = Field(default_factory=list, description="bundle directories written by export")
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
+    port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port")
     default_level: str | None = Field(
-        None, description='level used when a request states no budget ("1/2" or "0.5"); None = full'
+        default=None, description='level used when a request states no budget ("1/2" or "0.5"); None = full'
     )
-    max_batch_size: int = Field(64, ge=1, description="samples per batch, per level")
-    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait to fill a batch")
-    max_queue_size: int = Field(4096, ge=1, description="samples waiting per level before 503")
+    max_batch_size: int = Field(default=64, ge=1, description="samples per batch, per level")
+    max_queue_delay_ms: float = Field(
+        default=2.0, ge=0, le=10_000, description="longest wait to fill a batch"
+    )
+    max_queue_size: int = Field(default=4096, ge=1, description="samples waiting per level before 503")
     request_timeout_ms: float = Field(
-        30_000, gt=0, description="default deadline; a request's own timeout may only lower it"
+        default=30_000, gt=0, description="default deadline; a request's own timeout may only lower it"
     )
-    default_priority: int = Field(5, ge=1, description="queue priority of requests sending priority 0")
+    default_priority: int = Field(
+        default=5, ge=1, description="queue priority of requests sending priority 0"
+    )
     intra_op_threads: int | None = Field(
-        None, ge=1, description="onnxruntime threads per session; None = as profiled in the manifest"
+        default=None, ge=1, description="onnxruntime threads per session; None = as profiled in the manifest"
     )
-    inter_op_threads: int = Field(1, ge=1)
+    inter_op_threads: int = Field(default=1, ge=1)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    warmup_runs: int = Field(3, ge=1, description="runs per profiled batch size before ready")
-    drain_timeout_s: float = Field(20.0, ge=0)
-    max_body_bytes: int = Field(64 << 20, ge=1024)
+    warmup_runs: int = Field(default=3, ge=1, description="runs per profiled batch size before ready")
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+    max_body_bytes: int = Field(default=64 << 20, ge=1024)
     auth_token: SecretStr | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

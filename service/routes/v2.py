@@ -59,19 +59,19 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "circuitserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-def _model(eng: Engine, name: str, version: str | None) -> ServedModel:
+def _model(eng: Engine, name: str, request: Request) -> ServedModel:
+    """The model named in the path; `/versions/{version}` paths must name its version."""
     model = eng.model(name)
+    version = request.path_params.get("version")
     if version is not None and version != model.manifest.version:
         raise NotFound(f"model {name!r} has no version {version!r}; served: {model.manifest.version!r}")
     return model
 
 
 @router.get(_MODEL)
-@router.get(_VERSIONED)
-async def model_metadata(
-    name: str, version: str | None = None, eng: Engine = Depends(engine)
-) -> dict[str, Any]:
-    m = _model(eng, name, version).manifest
+@router.get(_VERSIONED, include_in_schema=False)
+async def model_metadata(name: str, request: Request, eng: Engine = Depends(engine)) -> dict[str, Any]:
+    m = _model(eng, name, request).manifest
     return {
         "name": m.name,
         "versions": [m.version],
@@ -82,9 +82,9 @@ async def model_metadata(
 
 
 @router.get(_MODEL + "/ready")
-@router.get(_VERSIONED + "/ready")
-async def model_ready(name: str, version: str | None = None, eng: Engine = Depends(engine)) -> dict[str, Any]:
-    return {"name": _model(eng, name, version).name, "ready": True}
+@router.get(_VERSIONED + "/ready", include_in_schema=False)
+async def model_ready(name: str, request: Request, eng: Engine = Depends(engine)) -> dict[str, Any]:
+    return {"name": _model(eng, name, request).name, "ready": True}
 
 
 def _number(params: dict[str, Any], key: str) -> float | None:
@@ -114,12 +114,11 @@ def budget_from(params: dict[str, Any]) -> RequestBudget:
 
 
 @router.post(_MODEL + "/infer", openapi_extra=_INFER_DOC)
-@router.post(_VERSIONED + "/infer", openapi_extra=_INFER_DOC)
-async def infer(
-    name: str, request: Request, version: str | None = None, eng: Engine = Depends(engine)
-) -> Response:
+@router.post(_VERSIONED + "/infer", include_in_schema=False)
+async def infer(name: str, request: Request, eng: Engine = Depends(engine)) -> Response:
+    """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`)."""
     with eng.track(name) as rec:
-        model = _model(eng, name, version)
+        model = _model(eng, name, request)
         req = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
         spec = model.manifest.input
         if [t.name for t in req.inputs] != [spec.name]:

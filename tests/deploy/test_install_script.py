@@ -44,12 +44,11 @@ def test_install_script_rejects_other_arguments(args: tuple[str, ...]) -> None:
 
 
 def test_ci_installs_with_the_same_script() -> None:
-    """CI runs the script the Dockerfile runs (test_dockerfile.py), with `-e all`."""
-    ci = REPO / ".ci" / "run"
-    if not ci.exists():
-        pytest.skip(".ci/run not written yet")
-    assert re.search(r"scripts/install\.sh\s+-e\s+all\b", ci.read_text()), (
-        ".ci/run must install with `scripts/install.sh -e all`, the command the Dockerfile shares"
+    """CI runs the test command, which installs with the script the Dockerfile runs, with `-e all`."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"scripts/test\.sh", ci), ".ci/run must run the README's test command, scripts/test.sh"
+    assert re.search(r"scripts/install\.sh\s+-e\s+all\b", (REPO / "scripts" / "test.sh").read_text()), (
+        "scripts/test.sh must install with `scripts/install.sh -e all`, the command the Dockerfile shares"
     )
 
 

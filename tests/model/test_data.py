@@ -17,6 +17,7 @@ def test_normalization_has_no_zero_std():
     d = load_dataset("digits")
     mean, std = d.normalization()
     assert mean.shape == (8, 8) and (std > 0).all()
+    assert np.unique(std).size == 1  # images share one scale: no per-pixel blow-up
 
 
 def test_npz_round_trip(tmp_path):

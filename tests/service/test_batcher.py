@@ -97,9 +97,7 @@ def test_lower_priority_numbers_run_first() -> None:
         model.gate.clear()
         blocker = asyncio.create_task(b.submit(rows(8, -1), deadline=soon()))
         await asyncio.sleep(0.05)
-        tasks = [
-            asyncio.create_task(b.submit(rows(8, p), deadline=soon(), priority=p)) for p in (5, 1, 3)
-        ]
+        tasks = [asyncio.create_task(b.submit(rows(8, p), deadline=soon(), priority=p)) for p in (5, 1, 3)]
         await asyncio.sleep(0.01)
         model.gate.set()
         await asyncio.gather(blocker, *tasks)

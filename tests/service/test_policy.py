@@ -19,7 +19,9 @@ B = 64  # max batch size
 
 
 def profile(name: str, accuracy: float, ms_at_1: float, ms_at_64: float) -> LevelProfile:
-    return LevelProfile(name, {"full": 1.0, "1/2": 0.5, "1/4": 0.25}[name], accuracy, ((1, ms_at_1), (64, ms_at_64)))
+    return LevelProfile(
+        name, {"full": 1.0, "1/2": 0.5, "1/4": 0.25}[name], accuracy, ((1, ms_at_1), (64, ms_at_64))
+    )
 
 
 FULL = profile("full", 0.95, 2.0, 20.0)

@@ -69,10 +69,10 @@ def test_auto_on_this_machine_runs(bundle_path: Path, manifest: Manifest) -> Non
 
 
 @pytest.mark.usefixtures("cuda_listed")
-def test_the_app_reports_the_provider_its_sessions_use(bundle_path: Path) -> None:
+def test_the_app_reports_the_provider_its_sessions_use(bundle_path: Path, manifest: Manifest) -> None:
     app = create_app(make_settings(bundle_path, provider="auto"), session_factory=FakeGpuSession)
     with asgi_client(app) as client:
-        levels = client.get(f"/v1/models/{app.state.engine.models.popitem()[0]}").json()["levels"]
+        levels = client.get(f"/v1/models/{manifest.name}").json()["levels"]
     assert {lv["provider"] for lv in levels} == {CUDA}
 
 

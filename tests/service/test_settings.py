@@ -50,4 +50,4 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch, bu
 )
 def test_invalid_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
-        Settings(**{field: value})
+        Settings(**{field: value})  # type: ignore[arg-type]

@@ -1,0 +1,290 @@
+"""The app in-process (ASGI, lifespan run): native API, v2 over JSON, level table, errors, readiness."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import asgi_client, make_settings, sample_inputs
+
+from export.manifest import Manifest
+from service.app import create_app, serve
+from service.loader import StartupError
+
+
+def predict(client: TestClient, manifest: Manifest, n: int = 1, **body: Any) -> Any:
+    inputs = sample_inputs(manifest, n).tolist()
+    return client.post(f"/v1/models/{manifest.name}/predict", json={"inputs": inputs, **body})
+
+
+def by_speed(manifest: Manifest) -> list[str]:
+    """Level names, most accurate first (the synthetic bundle's levels get cheaper in that order)."""
+    return [lv.name for lv in sorted(manifest.levels, key=lambda lv: -lv.accuracy)]
+
+
+def test_predict_without_budget_runs_the_full_model(client: TestClient, manifest: Manifest) -> None:
+    r = predict(client, manifest, n=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    full = manifest.sorted_levels()[0]
+    assert (body["sparsity_level"], body["policy"], body["expected_accuracy"]) == (
+        "full",
+        "default",
+        full.accuracy,
+    )
+    assert "budget_met" not in body and body["queue_ms"] >= 0 and body["compute_ms"] > 0
+    assert len(body["predictions"]) == 3
+    for p in body["predictions"]:
+        assert len(p["probabilities"]) == len(manifest.labels)
+        assert abs(sum(p["probabilities"]) - 1) < 1e-4
+        assert p["class_index"] == int(np.argmax(p["probabilities"]))
+        assert p["label"] == manifest.labels[p["class_index"]]
+
+
+@pytest.mark.parametrize("spec", ["1/2", 0.5, "0.5"])
+def test_explicit_level_by_name_or_keep_fraction(
+    client: TestClient, manifest: Manifest, spec: object
+) -> None:
+    body = predict(client, manifest, sparsity_level=spec).json()
+    assert (body["sparsity_level"], body["keep_fraction"], body["policy"]) == ("1/2", 0.5, "explicit")
+
+
+def test_top_k_and_flat_inputs(client: TestClient, manifest: Manifest) -> None:
+    flat = sample_inputs(manifest, 2).reshape(2, -1).tolist()
+    r = client.post(f"/v1/models/{manifest.name}/predict", json={"inputs": flat, "top_k": 3})
+    assert r.status_code == 200, r.text
+    for p in r.json()["predictions"]:
+        scores = [s["probability"] for s in p["top_k"]]
+        assert "probabilities" not in p and len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert p["top_k"][0]["class_index"] == p["class_index"]
+
+
+def test_latency_budget(client: TestClient, manifest: Manifest) -> None:
+    body = predict(client, manifest, latency_budget_ms=10_000).json()
+    assert (body["sparsity_level"], body["policy"], body["budget_met"]) == ("full", "latency_budget", True)
+    misses = _metric(client, "circuitserve_budget_misses_total", model=manifest.name)
+    body = predict(client, manifest, latency_budget_ms=1e-6).json()  # impossible: the fastest level runs
+    assert (body["sparsity_level"], body["budget_met"]) == (by_speed(manifest)[-1], False)
+    assert _metric(client, "circuitserve_budget_misses_total", model=manifest.name) == misses + 1
+
+
+def test_accuracy_floor(client: TestClient, manifest: Manifest) -> None:
+    accuracies = sorted(lv.accuracy for lv in manifest.levels)
+    body = predict(client, manifest, min_accuracy=accuracies[-1]).json()
+    assert (body["sparsity_level"], body["budget_met"]) == ("full", True)
+    body = predict(client, manifest, min_accuracy=accuracies[1]).json()
+    assert body["expected_accuracy"] >= accuracies[1] and body["policy"] == "min_accuracy"
+    body = predict(client, manifest, min_accuracy=1.0).json()
+    assert body["budget_met"] is (accuracies[-1] >= 1.0)
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"inputs": [[1.0, 2.0]]}, 400, "shape"),
+        ({"inputs": [[1.0], [1.0, 2.0]]}, 400, "inputs"),
+        ({"inputs": []}, 400, "inputs"),
+        ({"inputs": "x"}, 400, "inputs"),
+        ({"sparsity_level": "1/3"}, 400, "no sparsity level"),
+        ({"min_accuracy": 2}, 400, "min_accuracy"),
+        ({"latency_budget_ms": -1}, 400, "latency_budget_ms"),
+        ({"sparsity_level": "full", "latency_budget_ms": 5}, 400, "either"),
+        ({"priority": -1}, 400, "priority"),
+        ({"unknown_field": 1}, 400, "unknown_field"),
+    ],
+)
+def test_bad_native_requests_get_clear_4xx(
+    client: TestClient, manifest: Manifest, body: dict[str, Any], status: int, message: str
+) -> None:
+    payload = {"inputs": sample_inputs(manifest, 1).tolist(), **body}
+    r = client.post(f"/v1/models/{manifest.name}/predict", json=payload)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_nan_unknown_model_and_unknown_route(client: TestClient, manifest: Manifest) -> None:
+    row = sample_inputs(manifest, 1).ravel().tolist()
+    text = "[" + ",".join(["NaN", *map(str, row[1:])]) + "]"
+    r = client.post(
+        f"/v1/models/{manifest.name}/predict",
+        content='{"inputs": [' + text + "]}",
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "NaN" in r.json()["error"]
+    r = predict(client, manifest.model_copy(update={"name": "nope"}))
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    assert client.get("/v1/nothing").json() == {"error": "Not Found"}
+
+
+def test_v2_json_infer_carries_the_budget_in_parameters(client: TestClient, manifest: Manifest) -> None:
+    x = sample_inputs(manifest, 2)
+    doc = {
+        "id": "abc",
+        "parameters": {"sparsity_level": "1/4", "priority": 1},
+        "inputs": [
+            {"name": manifest.input.name, "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}
+        ],
+        "outputs": [{"name": "probabilities"}],
+    }
+    r = client.post(f"/v2/models/{manifest.name}/versions/{manifest.version}/infer", json=doc)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "abc" and body["model_name"] == manifest.name
+    assert body["parameters"]["sparsity_level"] == "1/4" and "expected_accuracy" in body["parameters"]
+    assert [o["name"] for o in body["outputs"]] == ["probabilities"]
+    assert body["outputs"][0]["shape"] == [2, len(manifest.labels)]
+
+
+@pytest.mark.parametrize(
+    "change, status, message",
+    [
+        ({"datatype": "FP64"}, 400, "FP32"),
+        ({"name": "other"}, 400, "one input named"),
+        ({"shape": [1, 2], "data": [0.0, 1.0]}, 400, "shape"),
+    ],
+)
+def test_v2_bad_inputs(
+    client: TestClient, manifest: Manifest, change: dict[str, Any], status: int, message: str
+) -> None:
+    x = sample_inputs(manifest, 1)
+    tensor = {
+        "name": manifest.input.name,
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "data": x.ravel().tolist(),
+    }
+    r = client.post(f"/v2/models/{manifest.name}/infer", json={"inputs": [{**tensor, **change}]})
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_v2_wrong_version_output_and_budget(client: TestClient, manifest: Manifest) -> None:
+    x = sample_inputs(manifest, 1)
+    tensor = {
+        "name": manifest.input.name,
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "data": x.ravel().tolist(),
+    }
+    r = client.post(f"/v2/models/{manifest.name}/versions/999/infer", json={"inputs": [tensor]})
+    assert r.status_code == 404
+    r = client.post(
+        f"/v2/models/{manifest.name}/infer", json={"inputs": [tensor], "outputs": [{"name": "x"}]}
+    )
+    assert r.status_code == 400 and "no outputs" in r.json()["error"]
+    r = client.post(
+        f"/v2/models/{manifest.name}/infer", json={"inputs": [tensor], "parameters": {"min_accuracy": "high"}}
+    )
+    assert r.status_code == 400 and "min_accuracy" in r.json()["error"]
+
+
+def test_expired_deadline_gets_504_and_is_not_executed(client: TestClient, manifest: Manifest) -> None:
+    before = _metric(client, "circuitserve_inferred_samples_total", model=manifest.name, level="1/8")
+    x = sample_inputs(manifest, 1)
+    tensor = {
+        "name": manifest.input.name,
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "data": x.ravel().tolist(),
+    }
+    doc = {"inputs": [tensor], "parameters": {"sparsity_level": "1/8", "timeout": 1}}  # 1 µs
+    r = client.post(f"/v2/models/{manifest.name}/infer", json=doc)
+    assert r.status_code == 504 and "deadline" in r.json()["error"]
+    assert _metric(client, "circuitserve_inferred_samples_total", model=manifest.name, level="1/8") == before
+    timeouts = _metric(
+        client, "circuitserve_requests_total", model=manifest.name, level="1/8", outcome="timeout"
+    )
+    assert timeouts >= 1
+
+
+def test_model_table(client: TestClient, manifest: Manifest) -> None:
+    info = client.get(f"/v1/models/{manifest.name}").json()
+    assert info["default_level"] == "full" and info["input"]["name"] == manifest.input.name
+    assert [lv["name"] for lv in info["levels"]] == [lv.name for lv in manifest.sorted_levels()]
+    level = info["levels"][0]
+    assert level["correction"] > 0 and level["provider"] == "CPUExecutionProvider"
+    assert client.get("/v1/models").json()[0]["name"] == manifest.name
+    assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_stats_and_metrics_after_traffic(client: TestClient, manifest: Manifest) -> None:
+    predict(client, manifest, n=4, sparsity_level="1/4")
+    stats = client.get("/v1/stats").json()
+    window = stats["windows"]["60s"]
+    assert window["requests"] >= 1 and window["samples_per_s"] > 0
+    assert window["latency_ms"]["p50"] is not None and "1/4" in window["level_mix"][manifest.name]
+    assert set(stats["windows"]) == {"10s", "60s"} and manifest.name in stats["queue_depth"]
+    r = client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    assert _metric(client, "circuitserve_ready") == 1
+    assert (
+        _metric(
+            client, "circuitserve_level_selections_total", model=manifest.name, level="1/4", policy="explicit"
+        )
+        >= 1
+    )
+    assert _metric(client, "circuitserve_batch_size_count", model=manifest.name, level="1/4") >= 1
+    assert (
+        _metric(client, "circuitserve_requests_total", model="_unknown", level="none", outcome="bad_request")
+        >= 1
+    )
+
+
+def test_openapi_documents_both_apis_with_examples(client: TestClient, manifest: Manifest) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["schemas"]["PredictRequest"]["examples"]
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    assert "example" in infer["requestBody"]["content"]["application/json"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_default_level_setting(bundle_path: Path, manifest: Manifest) -> None:
+    with asgi_client(create_app(make_settings(bundle_path, default_level="0.25"))) as client:
+        body = predict(client, manifest).json()
+        assert (body["sparsity_level"], body["policy"]) == ("1/4", "default")
+
+
+def test_not_ready_until_loaded_then_ready(bundle_path: Path, manifest: Manifest) -> None:
+    release = threading.Event()
+
+    def slow_factory(*args: Any, **kwargs: Any) -> ort.InferenceSession:
+        release.wait(10)
+        return ort.InferenceSession(*args, **kwargs)
+
+    app = create_app(make_settings(bundle_path), session_factory=slow_factory)
+    with asgi_client(app, ready=False) as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert client.get("/v2/health/ready").status_code == 503
+        r = predict(client, manifest)
+        assert r.status_code == 503 and "Retry-After" in r.headers and "not ready" in r.json()["error"]
+        assert _metric(client, "circuitserve_ready") == 0
+        release.set()
+        from service_helpers import wait_ready
+
+        wait_ready(client.get)
+        assert predict(client, manifest).status_code == 200
+
+
+def test_a_bundle_that_fails_its_checksum_stops_the_start(bundle_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_path, broken)
+    level_file = next(broken.glob("*.onnx"))
+    level_file.write_bytes(level_file.read_bytes() + b"\0")
+    with pytest.raises(Exception, match="checksum"), TestClient(create_app(make_settings(broken))):
+        pass
+    with pytest.raises(StartupError, match="checksum"):
+        serve(make_settings(broken, port=0))
+
+
+def _metric(client: TestClient, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name}{labels}")

@@ -1,0 +1,215 @@
+"""A real uvicorn on 127.0.0.1 driven by unmodified tritonclient.http (binary and JSON) and httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+from service_helpers import live_server, make_settings, sample_inputs, wait_ready
+from tritonclient.utils import InferenceServerException
+
+from export.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def address(bundle_path: Path) -> Iterator[str]:
+    with live_server(make_settings(bundle_path, max_queue_delay_ms=20)) as addr:
+        yield addr
+
+
+@pytest.fixture(scope="module")
+def triton_client(address: str) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(address)
+    yield client
+    client.close()
+
+
+def reference(bundle_path: Path, manifest: Manifest, level: str, x: np.ndarray) -> np.ndarray:
+    """The level's probabilities straight from onnxruntime, to check the served answer."""
+    file = next(lv.file for lv in manifest.levels if lv.name == level)
+    session = ort.InferenceSession(str(bundle_path / file), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {manifest.input.name: x})[0]
+
+
+def test_health_and_metadata(triton_client: triton.InferenceServerClient, manifest: Manifest) -> None:
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    assert "binary_tensor_data" in triton_client.get_server_metadata()["extensions"]
+    meta = triton_client.get_model_metadata(manifest.name)
+    assert meta["inputs"][0] == {
+        "name": manifest.input.name,
+        "datatype": "FP32",
+        "shape": manifest.input.shape,
+    }
+    assert {o["name"] for o in meta["outputs"]} == {"logits", "probabilities"}
+    assert triton_client.is_model_ready(manifest.name)
+    assert triton_client.is_model_ready(manifest.name, model_version=manifest.version)
+    assert not triton_client.is_model_ready("nope")
+
+
+def test_tritonclient_binary_by_default(
+    triton_client: triton.InferenceServerClient, manifest: Manifest, bundle_path: Path
+) -> None:
+    x = sample_inputs(manifest, 3)
+    inp = triton.InferInput(manifest.input.name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)  # binary, and with no outputs named it asks for binary outputs
+    result = triton_client.infer(manifest.name, [inp], parameters={"latency_budget_ms": 10_000.0})
+    params = result.get_response()["parameters"]
+    assert params["sparsity_level"] == "full" and params["budget_met"] is True
+    assert params["expected_accuracy"] == manifest.sorted_levels()[0].accuracy
+    assert params["queue_ms"] >= 0 and params["compute_ms"] > 0
+    probs = result.as_numpy("probabilities")
+    np.testing.assert_allclose(probs, reference(bundle_path, manifest, "full", x), rtol=1e-5, atol=1e-6)
+    assert result.as_numpy("logits").shape == (3, len(manifest.labels))
+
+
+def test_tritonclient_json(
+    triton_client: triton.InferenceServerClient, manifest: Manifest, bundle_path: Path
+) -> None:
+    x = sample_inputs(manifest, 2, seed=1)
+    inp = triton.InferInput(manifest.input.name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    outputs = [triton.InferRequestedOutput("probabilities", binary_data=False)]
+    result = triton_client.infer(
+        manifest.name,
+        [inp],
+        outputs=outputs,
+        parameters={"sparsity_level": "1/2"},
+        request_id="r-1",
+        priority=1,
+        timeout=10_000_000,
+    )
+    response = result.get_response()
+    assert response["id"] == "r-1" and response["parameters"]["sparsity_level"] == "1/2"
+    assert "budget_met" not in response["parameters"]
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"), reference(bundle_path, manifest, "1/2", x), rtol=1e-5, atol=1e-6
+    )
+    assert result.as_numpy("logits") is None
+
+
+def test_tritonclient_sees_error_messages(
+    triton_client: triton.InferenceServerClient, manifest: Manifest
+) -> None:
+    x = sample_inputs(manifest, 1)
+    inp = triton.InferInput(manifest.input.name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        triton_client.infer("nope", [inp])
+    with pytest.raises(InferenceServerException, match="min_accuracy"):
+        triton_client.infer(manifest.name, [inp], parameters={"min_accuracy": 1.5})
+    bad = triton.InferInput(manifest.input.name, [1, 3], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+    with pytest.raises(InferenceServerException, match="shape"):
+        triton_client.infer(manifest.name, [bad])
+
+
+def test_concurrent_requests_share_batches(address: str, manifest: Manifest) -> None:
+    async def fire() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=30) as http:
+            body = {"inputs": sample_inputs(manifest, 1).tolist(), "sparsity_level": "1/4"}
+            url = f"/v1/models/{manifest.name}/predict"
+            responses = await asyncio.gather(*(http.post(url, json=body) for _ in range(16)))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        return [r.json() for r in responses]
+
+    bodies = asyncio.run(fire())
+    assert max(b["batch_size"] for b in bodies) > 1
+    assert {b["sparsity_level"] for b in bodies} == {"1/4"}
+
+
+def test_metrics_pass_promtool(address: str, manifest: Manifest) -> None:
+    text = httpx.get(f"http://{address}/metrics").text
+    for name in (
+        "circuitserve_requests_total",
+        "circuitserve_request_duration_seconds_bucket",
+        "circuitserve_queue_wait_seconds_bucket",
+        "circuitserve_compute_seconds_bucket",
+        "circuitserve_batch_size_bucket",
+        "circuitserve_queue_depth",
+        "circuitserve_inferred_samples_total",
+        "circuitserve_level_selections_total",
+        "circuitserve_budget_misses_total",
+        "circuitserve_ready",
+    ):
+        assert f"\n{name}" in text, name
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_full_queue_gets_503_and_late_requests_504(bundle_path: Path, manifest: Manifest) -> None:
+    settings = make_settings(bundle_path, max_queue_size=4, max_queue_delay_ms=300)
+    url = f"/v1/models/{manifest.name}/predict"
+    body = {"inputs": sample_inputs(manifest, 2).tolist(), "sparsity_level": "full"}
+
+    async def fire(address: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=30) as http:
+            late = http.post(url, json={**body, "sparsity_level": "1/2", "timeout_ms": 50})
+            return await asyncio.gather(late, *(http.post(url, json=body) for _ in range(3)))
+
+    with live_server(settings) as address:
+        late, *responses = asyncio.run(fire(address))
+    assert late.status_code == 504 and "not executed" in late.json()["error"]
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 503]
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert int(rejected.headers["retry-after"]) >= 1 and "queue full" in rejected.json()["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_runs_until_sigterm_and_exits_cleanly(bundle_path: Path, manifest: Manifest) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CIRCUITSERVE_BUNDLES": f'["{bundle_path}"]',
+        "CIRCUITSERVE_PORT": str(port),
+        "CIRCUITSERVE_PROVIDER": "cpu",
+        "CIRCUITSERVE_LOG_LEVEL": "warning",
+    }
+    code = "from service.app import serve; from service.settings import Settings; serve(Settings())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    wait_ready(http.get, timeout_s=60)
+                    break
+                except httpx.TransportError:
+                    assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                    time.sleep(0.1)
+            r = http.post(
+                f"/v1/models/{manifest.name}/predict", json={"inputs": sample_inputs(manifest, 1).tolist()}
+            )
+            assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
