@@ -71,14 +71,21 @@ def check_parity(frozen: Frozen, path: Path, x: np.ndarray) -> np.ndarray:
         torch_logits = frozen(torch.from_numpy(x))[0].numpy()
     diff = float(np.abs(onnx_logits - torch_logits).max())
     if diff > PARITY_ATOL or not np.array_equal(onnx_logits.argmax(-1), torch_logits.argmax(-1)):
-        raise ExportError(f"{path.name}: ONNX differs from torch (max |logit diff| {diff:.2e} > {PARITY_ATOL})")
+        raise ExportError(
+            f"{path.name}: ONNX differs from torch (max |logit diff| {diff:.2e} > {PARITY_ATOL})"
+        )
     return onnx_logits
 
 
 def code_version() -> str:
     try:
-        rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
         if rev.returncode == 0:
             return rev.stdout.strip()
     except OSError:
@@ -135,20 +142,28 @@ def export_bundle(
                     flops=flops_per_example(frozen.nac.cfg, tok.n_tokens, tok.proj.in_features),
                 )
             )
-            _log(f"level {level_name(f)}: accuracy {entries[-1].accuracy:.4f}, "
-                 f"batch-128 median {entries[-1].latency[-1].median_ms:.2f} ms")
+            _log(
+                f"level {level_name(f)}: accuracy {entries[-1].accuracy:.4f}, "
+                f"batch-128 median {entries[-1].latency[-1].median_ms:.2f} ms"
+            )
         manifest = Manifest(
             name=name or meta["dataset"].removesuffix(".npz").split("/")[-1],
             input=InputSpec(
                 name=INPUT_NAME,
                 shape=[-1, *model.cfg.input_shape],
-                normalization=Normalization(mean=meta["normalization"]["mean"], std=meta["normalization"]["std"]),
+                normalization=Normalization(
+                    mean=meta["normalization"]["mean"], std=meta["normalization"]["std"]
+                ),
             ),
             outputs=[TensorSpec(name=n, shape=[-1, len(meta["labels"])]) for n in OUTPUT_NAMES],
             labels=meta["labels"],
             levels=entries,
-            profile=Profile(provider="CPUExecutionProvider", intra_op_threads=profile_threads(),
-                            repeats=10, machine=machine_description()),
+            profile=Profile(
+                provider="CPUExecutionProvider",
+                intra_op_threads=profile_threads(),
+                repeats=10,
+                machine=machine_description(),
+            ),
             provenance=Provenance(
                 dataset=meta["dataset"],
                 seed=meta["seed"],

@@ -10,11 +10,11 @@ import hashlib
 import json
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 MANIFEST_FILE = "manifest.json"
 
 
@@ -111,7 +111,9 @@ class Manifest(_Strict):
             raise ValueError("normalization mean/std must have one value per input element")
         for out in self.outputs:
             if out.shape[-1] != len(self.labels):
-                raise ValueError(f"output {out.name} has {out.shape[-1]} classes, labels has {len(self.labels)}")
+                raise ValueError(
+                    f"output {out.name} has {out.shape[-1]} classes, labels has {len(self.labels)}"
+                )
         return self
 
     def sorted_levels(self) -> list[Level]:

@@ -19,7 +19,9 @@ def plot_tradeoff(manifest: Manifest, path: Path, batch_size: int = 128) -> None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(lat, [100 * lv.accuracy for lv in levels], "o-")
     for lv, x in zip(levels, lat, strict=True):
-        ax1.annotate(f"{lv.name} ({lv.modules})", (x, 100 * lv.accuracy), textcoords="offset points", xytext=(4, 4))
+        ax1.annotate(
+            f"{lv.name} ({lv.modules})", (x, 100 * lv.accuracy), textcoords="offset points", xytext=(4, 4)
+        )
     ax1.set_xscale("log")
     ax1.set_xlabel(f"onnxruntime CPU latency, batch {batch_size}, median (ms)")
     ax1.set_ylabel("test accuracy (%)")

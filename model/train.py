@@ -45,7 +45,7 @@ class TrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # NACConfig fields
 
 
-EPOCHS = {"digits": 100, "mnist1d": 60, "features": 60, "large": 40, "tiny": 3}
+EPOCHS = {"digits": 100, "mnist1d": 40, "features": 60, "large": 40, "tiny": 3}
 
 
 def set_seed(seed: int) -> None:
@@ -124,7 +124,9 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
     augment = cfg.augment and model.cfg.tokenizer == "image"
-    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
+    )
     start = time.monotonic()
     for epoch in range(epochs):
         model.train()
@@ -150,7 +152,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
             total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == y).sum())
         if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
-            val = evaluate(ema.module if cfg.ema else model, data.val, mean, std)
+            val = evaluate(ema.module if cfg.ema else model, data.val, mean, std)  # type: ignore[arg-type]
             _progress(epoch, epochs, total_loss / len(perm), correct / len(perm), val, start)
 
     if cfg.ema:  # the average generalises better than the last step's weights
@@ -191,7 +193,9 @@ def load_checkpoint(path: Path) -> tuple[NAC, dict[str, Any]]:
     path = Path(path)
     for name in (WEIGHTS, META):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path}: not a checkpoint (no {name}); write one with `circuitserve train`")
+            raise FileNotFoundError(
+                f"{path}: not a checkpoint (no {name}); write one with `circuitserve train`"
+            )
     meta = json.loads((path / META).read_text())
     model = NAC(NACConfig.from_dict(meta["config"]))
     model.load_state_dict(torch.load(path / WEIGHTS, weights_only=True, map_location="cpu"))

@@ -141,6 +141,7 @@ def serve(
     from pydantic import ValidationError
 
     from service.app import serve as run_server
+    from service.loader import StartupError
     from service.settings import Settings
 
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -153,7 +154,11 @@ def serve(
         raise typer.Exit(2) from exc
     if not settings.bundles:
         settings = settings.model_copy(update={"bundles": [ensure_default_bundle()]})
-    run_server(settings)
+    try:
+        run_server(settings)
+    except StartupError as exc:
+        typer.echo(f"error: cannot serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -8,11 +8,12 @@ Raise a ServiceError subclass anywhere; the handlers installed by `install_handl
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,40 @@ class InferenceFailed(ServiceError):
     outcome = "error"
 
 
+class ErrorBody(BaseModel):
+    error: str
+
+
+def error_docs(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the errors a route can answer with."""
+    what = {
+        400: "Malformed request or impossible budget",
+        404: "Unknown model or version",
+        500: "Inference failed",
+        503: "Not ready, draining, or queue full (see Retry-After)",
+        504: "Deadline passed before the request ran; not executed",
+    }
+    return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}
+
+
+def drop_422_from_docs(app: FastAPI) -> None:
+    """FastAPI documents 422 for validation errors; this service answers 400 (see handlers below)."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()  # cached by FastAPI in app.openapi_schema; edited in place
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def outcome_of(exc: BaseException | None) -> str:
     if exc is None:
         return "success"
@@ -110,3 +145,4 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
+    drop_422_from_docs(app)

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from service.engine import Engine, RequestBudget
-from service.errors import BadRequest
+from service.errors import BadRequest, error_docs
 from service.models import ServedModel
 from service.routes.deps import engine, timing
 from service.schemas import (
@@ -53,7 +53,12 @@ def _predictions(model: ServedModel, probs: np.ndarray, top_k: int | None) -> li
     return out
 
 
-@router.post("/models/{name}/predict", response_model=PredictResponse, **_NO_NONE)
+@router.post(
+    "/models/{name}/predict",
+    response_model=PredictResponse,
+    responses=error_docs(400, 404, 500, 503, 504),
+    **_NO_NONE,
+)
 async def predict(name: str, body: PredictRequest, eng: Engine = Depends(engine)) -> PredictResponse:
     """Classify `inputs`; the level is chosen per request from `sparsity_level`, `latency_budget_ms`,
     `min_accuracy`, or the server's default level."""
@@ -110,7 +115,7 @@ async def list_models(eng: Engine = Depends(engine)) -> list[ModelInfo]:
     return [_info(eng.model(n)) for n in sorted(eng.models)] if eng.ready else []
 
 
-@router.get("/models/{name}", response_model=ModelInfo)
+@router.get("/models/{name}", response_model=ModelInfo, responses=error_docs(404, 503))
 async def model_table(name: str, eng: Engine = Depends(engine)) -> ModelInfo:
     """The model's level table: accuracy, profiled latency and live correction per level."""
     return _info(eng.model(name))

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from service import __version__
 from service.engine import Engine, RequestBudget
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, NotFound, error_docs
 from service.models import ServedModel
 from service.routes.deps import engine, timing
 from service.v2_codec import HEADER_LENGTH, encode_response, parse_request
@@ -49,7 +49,7 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", responses={503: {"description": "Loading, failed to load, or draining"}})
 async def ready(eng: Engine = Depends(engine)) -> JSONResponse:
     return JSONResponse({"ready": eng.ready}, status_code=200 if eng.ready else 503)
 
@@ -68,7 +68,7 @@ def _model(eng: Engine, name: str, request: Request) -> ServedModel:
     return model
 
 
-@router.get(_MODEL)
+@router.get(_MODEL, responses=error_docs(404, 503))
 @router.get(_VERSIONED, include_in_schema=False)
 async def model_metadata(name: str, request: Request, eng: Engine = Depends(engine)) -> dict[str, Any]:
     m = _model(eng, name, request).manifest
@@ -81,7 +81,7 @@ async def model_metadata(name: str, request: Request, eng: Engine = Depends(engi
     }
 
 
-@router.get(_MODEL + "/ready")
+@router.get(_MODEL + "/ready", responses=error_docs(404, 503))
 @router.get(_VERSIONED + "/ready", include_in_schema=False)
 async def model_ready(name: str, request: Request, eng: Engine = Depends(engine)) -> dict[str, Any]:
     return {"name": _model(eng, name, request).name, "ready": True}
@@ -113,7 +113,7 @@ def budget_from(params: dict[str, Any]) -> RequestBudget:
     )
 
 
-@router.post(_MODEL + "/infer", openapi_extra=_INFER_DOC)
+@router.post(_MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 500, 503, 504))
 @router.post(_VERSIONED + "/infer", include_in_schema=False)
 async def infer(name: str, request: Request, eng: Engine = Depends(engine)) -> Response:
     """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`)."""

@@ -51,7 +51,7 @@ def test_graphs_hold_only_kept_modules_with_dynamic_batch(bundle):
         graph = onnx.load(str(bundle / lv.file)).graph
         assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
         # every per-module constant has the kept module count as its first axis, none the full count
-        lead = {tuple(t.dims)[0] for t in graph.initializer if len(t.dims) == 2}
+        lead = {t.dims[0] for t in graph.initializer if len(t.dims) == 2}
         if lv.modules != 8:
             assert lv.modules in lead and 8 not in lead, (lv.name, lead)
         session = ort.InferenceSession(str(bundle / lv.file), providers=["CPUExecutionProvider"])
@@ -113,7 +113,9 @@ def test_cli_inspect_and_level_errors(bundle, tiny_ckpt, tmp_path):
     result = runner.invoke(app, ["inspect", str(bundle)])
     assert result.exit_code == 0, result.output
     assert "1/8" in result.output and "accuracy" in result.output and "b128 ms" in result.output
-    bad = runner.invoke(app, ["export", str(tiny_ckpt), "--out", str(tmp_path / "x"), "--levels", "1,1/2,1/2"])
+    bad = runner.invoke(
+        app, ["export", str(tiny_ckpt), "--out", str(tmp_path / "x"), "--levels", "1,1/2,1/2"]
+    )
     assert bad.exit_code != 0 and "duplicate" in bad.output
     bad = runner.invoke(app, ["export", str(tiny_ckpt), "--out", str(tmp_path / "x"), "--levels", "1,2"])
     assert bad.exit_code != 0 and "(0, 1]" in bad.output

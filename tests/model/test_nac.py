@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from model.nac import NAC, PRESETS, NACConfig, flops_per_example, kernel, level_modules, merge_heads, split_heads
+from model.nac import (
+    NAC,
+    PRESETS,
+    NACConfig,
+    flops_per_example,
+    kernel,
+    level_modules,
+    merge_heads,
+    split_heads,
+)
 
 
 def tiny(input_shape=(8, 8), tokenizer="image", patch=2, **kw) -> NAC:
@@ -14,13 +23,31 @@ def tiny(input_shape=(8, 8), tokenizer="image", patch=2, **kw) -> NAC:
 
 @pytest.mark.parametrize(
     ("shape", "kind", "patch", "tokens"),
-    [((8, 8), "image", 2, 16), ((3, 7, 9), "image", 2, 20), ((40,), "signal", 4, 10), ((13,), "features", 4, 4)],
+    [
+        ((8, 8), "image", 2, 16),
+        ((3, 7, 9), "image", 2, 20),
+        ((40,), "signal", 4, 10),
+        ((13,), "features", 4, 4),
+    ],
 )
 def test_tokenizer_shapes(shape, kind, patch, tokens):
     m = tiny(shape, kind, patch)
     x = torch.randn(3, *shape)
     assert m.tokenizer(x).shape == (3, tokens, m.cfg.dim)
     assert m(x).shape == (3, 5)
+
+
+def test_signal_windows_overlap():
+    m = tiny((12,), "signal", 4, window=2)
+    x = torch.arange(12.0).reshape(1, 12)
+    with torch.no_grad():
+        m.tokenizer.proj.weight.copy_(torch.eye(16, 8))  # tokens carry their raw samples
+        m.tokenizer.proj.bias.zero_()
+        m.tokenizer.pos.zero_()
+    tokens = m.tokenizer(x)[0, :, :8]
+    assert tokens.shape == (3, 8)
+    assert tokens[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert tokens[2].tolist() == [8, 9, 10, 11, 0, 0, 0, 0]  # zero padding past the end
 
 
 def test_pruned_level_equals_full_model_on_kept_set():

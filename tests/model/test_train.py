@@ -25,8 +25,8 @@ def test_same_seed_same_weights(tiny_run):
 def test_loss_falls_in_short_run():
     losses = []
     cfg = TrainConfig(dataset="digits", epochs=1, preset="tiny", batch_size=64)
-    from model.train import build_model
     from model.data import load_dataset
+    from model.train import build_model
 
     data = load_dataset("digits")
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def test_checkpoint_is_tensors_only(tiny_run, tmp_path):
     # a pickle that is not plain tensors must be refused by the weights-only loader
     (tmp_path / "checkpoint.json").write_text((out / "checkpoint.json").read_text())
     torch.save({"evil": object()}, tmp_path / "model.pt")
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|global"):
         load_checkpoint(tmp_path)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from export.manifest import Manifest
 from service.app import create_app
@@ -76,3 +77,12 @@ def live_server(settings: Settings) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """The value of one sample on /metrics."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name}{labels}")

@@ -1,21 +1,15 @@
-"""The app in-process (ASGI, lifespan run): native API, v2 over JSON, level table, errors, readiness."""
+"""The app in-process (ASGI, lifespan run): native API, v2 over JSON, level table, errors, metrics."""
 
 from __future__ import annotations
 
-import shutil
-import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import asgi_client, make_settings, sample_inputs
+from service_helpers import metric, sample_inputs
 
 from export.manifest import Manifest
-from service.app import create_app, serve
-from service.loader import StartupError
 
 
 def predict(client: TestClient, manifest: Manifest, n: int = 1, **body: Any) -> Any:
@@ -68,10 +62,11 @@ def test_top_k_and_flat_inputs(client: TestClient, manifest: Manifest) -> None:
 def test_latency_budget(client: TestClient, manifest: Manifest) -> None:
     body = predict(client, manifest, latency_budget_ms=10_000).json()
     assert (body["sparsity_level"], body["policy"], body["budget_met"]) == ("full", "latency_budget", True)
-    misses = _metric(client, "circuitserve_budget_misses_total", model=manifest.name)
+    misses = metric(client, "circuitserve_budget_misses_total", model=manifest.name)
     body = predict(client, manifest, latency_budget_ms=1e-6).json()  # impossible: the fastest level runs
-    assert (body["sparsity_level"], body["budget_met"]) == (by_speed(manifest)[-1], False)
-    assert _metric(client, "circuitserve_budget_misses_total", model=manifest.name) == misses + 1
+    # the fastest level by prediction; the two cheapest synthetic levels are too close to call
+    assert body["budget_met"] is False and body["sparsity_level"] in by_speed(manifest)[-2:]
+    assert metric(client, "circuitserve_budget_misses_total", model=manifest.name) == misses + 1
 
 
 def test_accuracy_floor(client: TestClient, manifest: Manifest) -> None:
@@ -183,7 +178,7 @@ def test_v2_wrong_version_output_and_budget(client: TestClient, manifest: Manife
 
 
 def test_expired_deadline_gets_504_and_is_not_executed(client: TestClient, manifest: Manifest) -> None:
-    before = _metric(client, "circuitserve_inferred_samples_total", model=manifest.name, level="1/8")
+    before = metric(client, "circuitserve_inferred_samples_total", model=manifest.name, level="1/8")
     x = sample_inputs(manifest, 1)
     tensor = {
         "name": manifest.input.name,
@@ -194,8 +189,8 @@ def test_expired_deadline_gets_504_and_is_not_executed(client: TestClient, manif
     doc = {"inputs": [tensor], "parameters": {"sparsity_level": "1/8", "timeout": 1}}  # 1 µs
     r = client.post(f"/v2/models/{manifest.name}/infer", json=doc)
     assert r.status_code == 504 and "deadline" in r.json()["error"]
-    assert _metric(client, "circuitserve_inferred_samples_total", model=manifest.name, level="1/8") == before
-    timeouts = _metric(
+    assert metric(client, "circuitserve_inferred_samples_total", model=manifest.name, level="1/8") == before
+    timeouts = metric(
         client, "circuitserve_requests_total", model=manifest.name, level="1/8", outcome="timeout"
     )
     assert timeouts >= 1
@@ -220,16 +215,16 @@ def test_stats_and_metrics_after_traffic(client: TestClient, manifest: Manifest)
     assert set(stats["windows"]) == {"10s", "60s"} and manifest.name in stats["queue_depth"]
     r = client.get("/metrics")
     assert r.headers["content-type"].startswith("text/plain")
-    assert _metric(client, "circuitserve_ready") == 1
+    assert metric(client, "circuitserve_ready") == 1
     assert (
-        _metric(
+        metric(
             client, "circuitserve_level_selections_total", model=manifest.name, level="1/4", policy="explicit"
         )
         >= 1
     )
-    assert _metric(client, "circuitserve_batch_size_count", model=manifest.name, level="1/4") >= 1
+    assert metric(client, "circuitserve_batch_size_count", model=manifest.name, level="1/4") >= 1
     assert (
-        _metric(client, "circuitserve_requests_total", model="_unknown", level="none", outcome="bad_request")
+        metric(client, "circuitserve_requests_total", model="_unknown", level="none", outcome="bad_request")
         >= 1
     )
 
@@ -240,51 +235,3 @@ def test_openapi_documents_both_apis_with_examples(client: TestClient, manifest:
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
     assert "example" in infer["requestBody"]["content"]["application/json"]
     assert client.get("/docs").status_code == 200
-
-
-def test_default_level_setting(bundle_path: Path, manifest: Manifest) -> None:
-    with asgi_client(create_app(make_settings(bundle_path, default_level="0.25"))) as client:
-        body = predict(client, manifest).json()
-        assert (body["sparsity_level"], body["policy"]) == ("1/4", "default")
-
-
-def test_not_ready_until_loaded_then_ready(bundle_path: Path, manifest: Manifest) -> None:
-    release = threading.Event()
-
-    def slow_factory(*args: Any, **kwargs: Any) -> ort.InferenceSession:
-        release.wait(10)
-        return ort.InferenceSession(*args, **kwargs)
-
-    app = create_app(make_settings(bundle_path), session_factory=slow_factory)
-    with asgi_client(app, ready=False) as client:
-        assert client.get("/v2/health/live").json() == {"live": True}
-        assert client.get("/v2/health/ready").status_code == 503
-        r = predict(client, manifest)
-        assert r.status_code == 503 and "Retry-After" in r.headers and "not ready" in r.json()["error"]
-        assert _metric(client, "circuitserve_ready") == 0
-        release.set()
-        from service_helpers import wait_ready
-
-        wait_ready(client.get)
-        assert predict(client, manifest).status_code == 200
-
-
-def test_a_bundle_that_fails_its_checksum_stops_the_start(bundle_path: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "broken"
-    shutil.copytree(bundle_path, broken)
-    level_file = next(broken.glob("*.onnx"))
-    level_file.write_bytes(level_file.read_bytes() + b"\0")
-    with pytest.raises(Exception, match="checksum"), TestClient(create_app(make_settings(broken))):
-        pass
-    with pytest.raises(StartupError, match="checksum"):
-        serve(make_settings(broken, port=0))
-
-
-def _metric(client: TestClient, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise AssertionError(f"no sample {name}{labels}")

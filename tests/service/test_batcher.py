@@ -56,6 +56,21 @@ def soon(s: float = 5.0) -> float:
     return time.monotonic() + s
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def running(b: Batcher) -> Callable[[], bool]:
+    return lambda: b.running_since is not None
+
+
+def queued(b: Batcher, samples: int) -> Callable[[], bool]:
+    return lambda: b.queued_samples == samples
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows() -> None:
     async def test(b: Batcher, model: Model) -> None:
         results = await asyncio.gather(*(b.submit(rows(1, i), deadline=soon()) for i in range(6)))
@@ -81,10 +96,9 @@ def test_a_callers_batch_is_never_split_and_oversized_ones_run_alone() -> None:
     async def test(b: Batcher, model: Model) -> None:
         model.gate.clear()  # hold the first batch so the rest queue up together
         first = asyncio.create_task(b.submit(rows(1), deadline=soon()))
-        await asyncio.sleep(0.05)
-        rest = [b.submit(rows(n), deadline=soon()) for n in (5, 5, 12)]
-        tasks = [asyncio.ensure_future(t) for t in rest]
-        await asyncio.sleep(0.01)
+        await until(running(b))
+        tasks = [asyncio.create_task(b.submit(rows(n), deadline=soon())) for n in (5, 5, 12)]
+        await until(queued(b, 22))
         model.gate.set()
         await asyncio.gather(first, *tasks)
         assert [len(x) for x in model.batches] == [1, 5, 5, 12]
@@ -96,9 +110,9 @@ def test_lower_priority_numbers_run_first() -> None:
     async def test(b: Batcher, model: Model) -> None:
         model.gate.clear()
         blocker = asyncio.create_task(b.submit(rows(8, -1), deadline=soon()))
-        await asyncio.sleep(0.05)
+        await until(running(b))
         tasks = [asyncio.create_task(b.submit(rows(8, p), deadline=soon(), priority=p)) for p in (5, 1, 3)]
-        await asyncio.sleep(0.01)
+        await until(queued(b, 24))
         model.gate.set()
         await asyncio.gather(blocker, *tasks)
         assert [float(x[0, 0]) for x in model.batches] == [-1, 1, 3, 5]
@@ -109,18 +123,17 @@ def test_lower_priority_numbers_run_first() -> None:
 def test_queue_bound_counts_samples_and_rejects_with_503() -> None:
     async def test(b: Batcher, model: Model) -> None:
         model.gate.clear()
-        running = asyncio.create_task(b.submit(rows(4), deadline=soon()))
-        await asyncio.sleep(0.05)  # running now, so out of the queue
-        queued = asyncio.create_task(b.submit(rows(7), deadline=soon()))
-        await asyncio.sleep(0.01)
-        assert b.queued_samples == 7
+        first = asyncio.create_task(b.submit(rows(4), deadline=soon()))
+        await until(running(b))  # running now, so out of the queue
+        second = asyncio.create_task(b.submit(rows(7), deadline=soon()))
+        await until(queued(b, 7))
         with pytest.raises(Unavailable) as info:
             await b.submit(rows(2), deadline=soon())
         assert info.value.status == 503 and "Retry-After" in info.value.headers
         with pytest.raises(BadRequest):  # could never fit, retrying will not help
             await b.submit(rows(9), deadline=soon())
         model.gate.set()
-        await asyncio.gather(running, queued)
+        await asyncio.gather(first, second)
         assert b.queued_samples == 0
 
     run(test, max_queue_samples=8)
@@ -130,7 +143,7 @@ def test_expired_requests_get_504_and_are_not_executed() -> None:
     async def test(b: Batcher, model: Model) -> None:
         model.gate.clear()
         blocker = asyncio.create_task(b.submit(rows(8), deadline=soon()))
-        await asyncio.sleep(0.05)
+        await until(running(b))
         with pytest.raises(DeadlineExceeded) as info:
             await b.submit(rows(1, 7), deadline=soon(0.05))
         assert info.value.status == 504 and b.queued_samples == 0
@@ -169,9 +182,9 @@ def test_a_cancelled_request_leaves_the_queue() -> None:
     async def test(b: Batcher, model: Model) -> None:
         model.gate.clear()
         blocker = asyncio.create_task(b.submit(rows(8), deadline=soon()))
-        await asyncio.sleep(0.05)
+        await until(running(b))
         gone = asyncio.create_task(b.submit(rows(3, 9), deadline=soon()))
-        await asyncio.sleep(0.01)
+        await until(queued(b, 3))
         gone.cancel()
         await asyncio.gather(gone, return_exceptions=True)
         assert b.queued_samples == 0
@@ -205,7 +218,7 @@ def test_close_past_its_timeout_fails_what_is_left_with_503() -> None:
         b = Batcher(model, name="t", max_batch_size=1, max_delay_s=0.0, max_queue_samples=64)
         b.start()
         tasks = [asyncio.create_task(b.submit(rows(1), deadline=soon())) for _ in range(3)]
-        await asyncio.sleep(0.05)
+        await until(lambda: b.running_since is not None and b.queued_samples == 2)
         await b.close(timeout_s=0.05)
         model.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -27,7 +27,7 @@ from export.manifest import Manifest
 
 @pytest.fixture(scope="module")
 def address(bundle_path: Path) -> Iterator[str]:
-    with live_server(make_settings(bundle_path, max_queue_delay_ms=20)) as addr:
+    with live_server(make_settings(bundle_path, max_queue_delay_ms=50)) as addr:
         yield addr
 
 

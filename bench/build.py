@@ -1,0 +1,93 @@
+"""The checkpoints and bundles the bench measures, built on first use and cached under bench/out/.
+
+A cache entry's key hashes its training config and the source of the code that trains and exports,
+so a change to either rebuilds it; `rm -r bench/out` forces a rebuild of everything."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from export.build import export_bundle
+from export.manifest import MANIFEST_FILE, Manifest, read_manifest
+from model.train import META, TrainConfig, train
+
+LEVELS = [Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8)]
+_SOURCES = ("model/nac.py", "model/train.py", "model/data.py", "export/build.py")
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """One trained model, exported in one module order."""
+
+    dataset: str
+    preset: str | None = None  # None: the dataset's own
+    epochs: int | None = None  # None: the preset's
+    sparsity_aware: bool = True
+    ranking: str = "outdegree"
+    name: str | None = None  # model name in the manifest
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            dataset=self.dataset, preset=self.preset, epochs=self.epochs, sparsity_aware=self.sparsity_aware
+        )
+
+    def with_ranking(self, ranking: str) -> BundleSpec:
+        return replace(self, ranking=ranking)
+
+    def with_plain_training(self) -> BundleSpec:
+        return replace(self, sparsity_aware=False)
+
+    @property
+    def label(self) -> str:
+        parts = [self.name or self.dataset, self.preset or "", "plain" if not self.sparsity_aware else ""]
+        return "-".join(p for p in parts if p)
+
+
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for rel in _SOURCES:
+        path = _ROOT / rel
+        digest.update(path.read_bytes() if path.is_file() else rel.encode())
+    return digest.hexdigest()
+
+
+def _key(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str) + _code_digest()
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def checkpoint(spec: BundleSpec, cache: Path) -> Path:
+    """The trained checkpoint for `spec` (trained now unless cached)."""
+    cfg = spec.train_config()
+    path = cache / "runs" / f"{spec.label}-{_key(asdict(cfg))}"
+    if not (path / META).is_file():
+        _log(f"training {spec.label} ({cfg.epochs or 'preset'} epochs) -> {path}")
+        train(cfg, path)
+    return path
+
+
+def checkpoint_meta(spec: BundleSpec, cache: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads((checkpoint(spec, cache) / META).read_text())
+    return meta
+
+
+def bundle(spec: BundleSpec, cache: Path) -> tuple[Path, Manifest]:
+    """The exported bundle for `spec` (trained and exported now unless cached)."""
+    ckpt = checkpoint(spec, cache)
+    key = _key({"train": asdict(spec.train_config()), "ranking": spec.ranking, "name": spec.name})
+    path = cache / "bundles" / f"{spec.label}-{spec.ranking}-{key}"
+    if not (path / MANIFEST_FILE).is_file():
+        _log(f"exporting {spec.label} ({spec.ranking} order) -> {path}")
+        export_bundle(ckpt, path, LEVELS, name=spec.name, ranking=spec.ranking)
+    return path, read_manifest(path)

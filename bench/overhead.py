@@ -1,0 +1,89 @@
+"""Serving overhead: the server's closed-loop throughput and latency at each concurrency against raw
+onnxruntime running the same level file, with the same thread settings, on the batch sizes the
+server's batcher actually formed (the physical limit on this machine).
+
+The server runs alone while it is measured; raw onnxruntime runs after it has stopped."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from bench.measure import circuitserve_api, closed, summary
+from bench.plan import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, Plan
+from bench.servers import circuitserve
+from export.manifest import Manifest
+from export.profile import cpu_session
+
+
+def batches_formed(bodies: list[bytes]) -> list[int]:
+    """One entry per batch the server ran, from the batch size each answer reports: a batch of b
+    samples is reported by its b requests."""
+    counts = Counter(int(json.loads(b)["batch_size"]) for b in bodies)
+    return sorted(b for b, n in counts.items() for _ in range(max(1, round(n / b))))
+
+
+def raw_onnxruntime(
+    path: Path, example_shape: list[int], sizes: list[int], seconds: float, threads: int
+) -> dict[str, float]:
+    """session.run over `sizes` in turn, for `seconds`: samples per second and per-run latency."""
+    session = cpu_session(path, threads)
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((max(sizes), *example_shape)).astype(np.float32)
+    for b in sorted(set(sizes)):  # warm every shape once
+        session.run(None, {name: x[:b]})
+    times: list[float] = []
+    samples = 0
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds or not times:
+        b = sizes[i % len(sizes)]
+        t0 = time.perf_counter()
+        session.run(None, {name: x[:b]})
+        times.append(time.perf_counter() - t0)
+        samples += b
+        i += 1
+    elapsed = time.perf_counter() - start
+    return {
+        "throughput_rps": round(samples / elapsed, 1),
+        "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 3),
+        "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 3),
+    }
+
+
+def run_overhead(
+    plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, log_dir: Path
+) -> dict[str, object]:
+    full = manifest.sorted_levels()[0]
+    threads = manifest.profile.intra_op_threads
+    api = circuitserve_api(manifest.name)  # no budget: the server's default level, the full one
+    runs = {}
+    with circuitserve(
+        [bundle], log_dir, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_ms=MAX_QUEUE_DELAY_MS
+    ) as server:
+        target = api.target(server, examples)
+        for c in plan.concurrencies:
+            runs[c] = closed(server, target, c, plan, keep_bodies=True)
+    out: dict[str, object] = {
+        "model": manifest.name,
+        "level": full.name,
+        "intra_op_threads": threads,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "max_queue_delay_ms": MAX_QUEUE_DELAY_MS,
+    }
+    for c, run in runs.items():
+        sizes = batches_formed([r.body for r in run.ok if r.body is not None]) or [1]
+        raw = raw_onnxruntime(bundle / full.file, manifest.input.shape[1:], sizes, plan.load_s, threads)
+        ours = summary(run)
+        out[f"c{c}"] = {
+            "server": ours,
+            "raw_onnxruntime": raw,
+            "mean_batch_size": round(float(np.mean(sizes)), 2),
+            "throughput_ratio": round(ours["throughput_rps"] / raw["throughput_rps"], 4),
+        }
+    return out

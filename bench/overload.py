@@ -1,0 +1,107 @@
+"""Overload: open-loop load (Poisson arrivals on a fixed schedule) at 1x, 2x, 4x the full level's
+measured capacity, every request carrying a latency budget. Two ways of serving the same requests,
+alternated on the same server:
+
+- adaptive: `latency_budget_ms` = budget, the server picks the level per request;
+- full_only: `sparsity_level: "full"`, every request pinned to the full level.
+
+Both also send `timeout_ms` = budget, so neither server runs work that can no longer be on time:
+the pinned one is the best a fixed-level server does, dropping what it cannot serve in time.
+A request is within budget when it is answered (200) no later than the budget after its *scheduled*
+send time. Expected accuracy: the mean of the test accuracy of the level that answered each request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import load
+from bench.measure import circuitserve_api, closed, summary
+from bench.plan import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, Plan
+from bench.servers import circuitserve
+from export.manifest import Manifest
+
+CAPACITY_CONCURRENCY = 64
+MODES = ("adaptive", "full_only")
+
+
+def outcome(
+    run: load.Run, accuracy: dict[str, float], budget_ms: float, offered_rps: float
+) -> dict[str, Any]:
+    """What one open-loop phase comes to."""
+    sent = len(run.records)
+    answered = [
+        (r, str(json.loads(r.body)["sparsity_level"])) for r in run.records if r.status == 200 and r.body
+    ]
+    in_time = [(r, lv) for r, lv in answered if r.latency_s * 1e3 <= budget_ms]
+    levels = Counter(lv for _, lv in answered)
+    statuses = Counter(str(r.status) for r in run.records if r.status != 200)
+    return {
+        "offered_rps": round(offered_rps, 1),
+        "sent": sent,
+        "within_budget": round(len(in_time) / sent, 4) if sent else 0.0,
+        "answered": round(len(answered) / sent, 4) if sent else 0.0,
+        "expected_accuracy": round(float(np.mean([accuracy[lv] for _, lv in answered])), 4)
+        if answered
+        else None,
+        # expected correct answers delivered in time, per request sent
+        "effective_accuracy": round(sum(accuracy[lv] for _, lv in in_time) / sent, 4) if sent else 0.0,
+        "level_mix": {lv: round(n / len(answered), 4) for lv, n in sorted(levels.items())},
+        "failures": {s: round(n / sent, 4) for s, n in sorted(statuses.items())},  # "0": no HTTP answer
+        "p50_ms": round(run.latency_ms(50), 3),
+        "p99_ms": round(run.latency_ms(99), 3),
+        "generator_max_lag_ms": round(run.max_lag_s * 1e3, 3),
+        "generator_mean_lag_ms": round(run.mean_lag_s * 1e3, 3),
+    }
+
+
+def run_overload(
+    plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, log_dir: Path
+) -> dict[str, Any]:
+    accuracy = {lv.name: lv.accuracy for lv in manifest.levels}
+    full = manifest.sorted_levels()[0]
+    budget = plan.budget_ms
+    apis = {
+        "adaptive": circuitserve_api(manifest.name, latency_budget_ms=budget, timeout_ms=budget),
+        "full_only": circuitserve_api(manifest.name, sparsity_level=full.name, timeout_ms=budget),
+    }
+    out: dict[str, Any] = {
+        "model": manifest.name,
+        "preset": manifest.provenance.train_config.get("preset"),
+        "modules": full.modules,
+        "budget_ms": budget,
+        "level_accuracy": accuracy,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "max_queue_delay_ms": MAX_QUEUE_DELAY_MS,
+    }
+    with circuitserve(
+        [bundle], log_dir, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_ms=MAX_QUEUE_DELAY_MS
+    ) as server:
+        # capacity: closed-loop saturation of the full level, no deadline
+        pinned = circuitserve_api(manifest.name, sparsity_level=full.name)
+        cap = closed(server, pinned.target(server, examples), CAPACITY_CONCURRENCY, plan)
+        capacity = cap.throughput()
+        out["capacity"] = {"concurrency": CAPACITY_CONCURRENCY, **summary(cap)}
+        for factor in plan.overload_factors:
+            rate = factor * capacity
+            phase: dict[str, Any] = {}
+            for mode in MODES:
+                send_times = load.schedule(rate, plan.overload_s, seed=factor)
+                run = load.run(
+                    load.open_loop(apis[mode].target(server, examples), send_times, keep_bodies=True)
+                )
+                phase[mode] = outcome(run, accuracy, budget, rate)
+                time.sleep(0.5)  # let what is left in the queues time out before the next phase
+            phase["accuracy_gap"] = (
+                round(full.accuracy - phase["adaptive"]["expected_accuracy"], 4)
+                if phase["adaptive"]["expected_accuracy"] is not None
+                else None
+            )
+            out[f"x{factor}"] = phase
+    return out

@@ -1,0 +1,186 @@
+"""Peers: the same full-level ONNX file served by LitServe and by BentoML, each with its batching on
+and the same batch limit and thread settings as circuitserve, driven by the same load generator at
+the same concurrencies. Runs are interleaved (peer A, us, peer B, us, ... for every round) and only
+one server runs at a time; each peer run is paired with the circuitserve run right after it.
+
+The peers live in their own virtual environment (never needed by the server): see
+bench/peer_apps/setup_venv.sh. A peer that is not installed or does not start is reported, not fatal."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.measure import BENTOML, LITSERVE, Api, circuitserve_api, closed, summary
+from bench.plan import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, Plan
+from bench.servers import Server, ServerError, circuitserve, free_port, process
+from export.manifest import Manifest
+
+PEERS_DIR = Path(__file__).resolve().parent / "peer_apps"
+PYTHON_ENV = "CIRCUITSERVE_BENCH_PEERS_PYTHON"  # the peers' interpreter; "none" skips the peers
+NOT_INSTALLED = "skipped: not installed"
+
+Launcher = Callable[[], AbstractContextManager[Server]]
+Figures = dict[str, float]  # one closed-loop run (bench.measure.summary)
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    module: str  # what must import in the peers' environment
+    api: Api
+
+
+PEERS = (Peer("litserve", "litserve", LITSERVE), Peer("bentoml", "bentoml", BENTOML))
+
+
+def peers_python(cache: Path) -> Path | None:
+    """The peers' interpreter: $CIRCUITSERVE_BENCH_PEERS_PYTHON, else the venv that
+    bench/peer_apps/setup_venv.sh makes, else this one (where the `peers` extra was installed into it)."""
+    value = os.environ.get(PYTHON_ENV, "")
+    if value.lower() == "none":
+        return None
+    if value:
+        return Path(value) if Path(value).is_file() else None
+    venv = cache / "peers-venv" / "bin" / "python"
+    return venv if venv.is_file() else Path(sys.executable)
+
+
+def installed(python: Path | None, module: str) -> bool:
+    if python is None:
+        return False
+    try:
+        done = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _peer_env(onnx: Path, threads: int, cache: Path) -> dict[str, str]:
+    return {
+        "BENCH_ONNX": str(onnx),
+        "BENCH_INTRA_OP_THREADS": str(threads),
+        "BENCH_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
+        "BENCH_MAX_DELAY_MS": str(MAX_QUEUE_DELAY_MS),
+        "BENTOML_HOME": str(cache / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONPATH": str(PEERS_DIR),
+    }
+
+
+def launcher(peer: Peer, python: Path, onnx: Path, threads: int, cache: Path, log_dir: Path) -> Launcher:
+    @contextmanager
+    def start() -> Iterator[Server]:
+        port = free_port()
+        if peer.name == "litserve":
+            cmd, health = [str(python), str(PEERS_DIR / "litserve_app.py"), str(port)], "/health"
+        else:
+            bentoml = str(python.parent / "bentoml")
+            cmd = [bentoml, "serve", "bentoml_service:OnnxLevel", "--host", "127.0.0.1", "--port", str(port)]
+            health = "/readyz"
+        env = _peer_env(onnx, threads, cache)
+        with process(
+            peer.name, cmd, port=port, health_path=health, log_dir=log_dir, env=env, cwd=PEERS_DIR
+        ) as server:
+            yield server
+
+    return start
+
+
+def _measure(start: Launcher, api: Api, examples: np.ndarray, plan: Plan) -> dict[int, Figures]:
+    """Start a server, run every concurrency against it, stop it."""
+    with start() as server:
+        target = api.target(server, examples)
+        return {c: summary(closed(server, target, c, plan)) for c in plan.concurrencies}
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+def _pairs_summary(pairs: list[tuple[Figures, Figures]]) -> dict[str, Any]:
+    """(peer, circuitserve) figures of each pair at one concurrency: medians, and every pair."""
+    theirs, mine = [t for t, _ in pairs], [m for _, m in pairs]
+    ratios = [m["throughput_rps"] / max(t["throughput_rps"], 1e-9) for t, m in pairs]
+    return {
+        "throughput_rps": _median([t["throughput_rps"] for t in theirs]),
+        "p50_ms": _median([t["p50_ms"] for t in theirs]),
+        "p99_ms": _median([t["p99_ms"] for t in theirs]),
+        "circuitserve_throughput_rps": _median([m["throughput_rps"] for m in mine]),
+        "circuitserve_p99_ms": _median([m["p99_ms"] for m in mine]),
+        "throughput_ratio": _median(ratios),
+        "pairs": [
+            {"peer": t, "circuitserve": m, "throughput_ratio": round(r, 4)}
+            for (t, m), r in zip(pairs, ratios, strict=True)
+        ],
+    }
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run_peers(
+    plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, cache: Path, log_dir: Path
+) -> dict[str, Any]:
+    python = peers_python(cache)
+    full = manifest.sorted_levels()[0]
+    threads = manifest.profile.intra_op_threads
+    out: dict[str, Any] = {
+        "model": manifest.name,
+        "level": full.name,
+        "rounds": plan.peer_rounds,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "batch_delay_ms": MAX_QUEUE_DELAY_MS,
+    }
+    active: list[Peer] = []
+    for peer in PEERS:
+        if installed(python, peer.module):
+            active.append(peer)
+        else:
+            out[peer.name] = {"status": NOT_INSTALLED}
+    if not active or python is None:
+        return out
+
+    ours: Launcher = lambda: circuitserve(  # noqa: E731
+        [bundle], log_dir, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_ms=MAX_QUEUE_DELAY_MS
+    )
+    our_api = circuitserve_api(manifest.name)
+    pairs: dict[str, list[tuple[dict[int, Figures], dict[int, Figures]]]] = {}
+    failed: dict[str, str] = {}
+    for r in range(plan.peer_rounds):
+        for peer in active:
+            if peer.name in failed:
+                continue
+            _log(f"peers round {r + 1}/{plan.peer_rounds}: {peer.name}, then circuitserve")
+            try:
+                theirs = _measure(
+                    launcher(peer, python, bundle / full.file, threads, cache, log_dir),
+                    peer.api,
+                    examples,
+                    plan,
+                )
+            except ServerError as exc:
+                failed[peer.name] = f"failed: {exc}"
+                continue
+            pairs.setdefault(peer.name, []).append((theirs, _measure(ours, our_api, examples, plan)))
+
+    for peer in active:
+        if peer.name in failed:
+            out[peer.name] = {"status": failed[peer.name].splitlines()[0][:300]}
+            continue
+        runs = pairs[peer.name]
+        entry: dict[str, Any] = {"status": "ok"}
+        for c in plan.concurrencies:
+            entry[f"c{c}"] = _pairs_summary([(theirs[c], mine[c]) for theirs, mine in runs])
+        out[peer.name] = entry
+    return out

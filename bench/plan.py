@@ -1,0 +1,63 @@
+"""What a bench run measures and for how long: the full run and the quick one the tests use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.build import BundleSpec
+
+# The server's batching, shared by every server in the bench (peers get the same numbers).
+MAX_BATCH_SIZE = 64
+MAX_QUEUE_DELAY_MS = 2.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    datasets: dict[str, BundleSpec]  # levels section: name -> sparsity-aware model
+    serving: BundleSpec  # overhead and peers: the digits default model
+    overload: BundleSpec  # compute-bound model for overload
+    export_random: bool  # random-order control as its own exported bundle (else: the checkpoint's)
+    profile_s: float  # onnxruntime timing per level (split over batch sizes 1 and 128)
+    load_s: float  # one closed-loop measurement
+    warmup_s: float  # closed-loop warm-up, not recorded
+    concurrencies: tuple[int, ...]
+    peer_rounds: int  # interleaved rounds: peer A, us, peer B, us
+    overload_s: float  # one open-loop phase
+    overload_factors: tuple[int, ...]
+    budget_ms: float  # the latency budget every overload request carries
+
+
+FULL = Plan(
+    quick=False,
+    datasets={"digits": BundleSpec("digits"), "mnist1d": BundleSpec("mnist1d")},
+    serving=BundleSpec("digits"),
+    # 256 modules, dim 96, 3 layers: compute-bound here. Few epochs keep its training to minutes.
+    overload=BundleSpec("digits", preset="large", epochs=6, name="digits-large"),
+    export_random=True,
+    profile_s=1.5,
+    load_s=6.0,
+    warmup_s=1.0,
+    concurrencies=(1, 8, 64),
+    peer_rounds=2,
+    overload_s=10.0,
+    overload_factors=(1, 2, 4),
+    budget_ms=50.0,
+)
+
+_TINY = BundleSpec("digits", preset="tiny", epochs=1)
+QUICK = Plan(
+    quick=True,
+    datasets={"digits": _TINY},
+    serving=_TINY,
+    overload=_TINY,
+    export_random=False,
+    profile_s=0.2,
+    load_s=0.8,
+    warmup_s=0.2,
+    concurrencies=FULL.concurrencies,  # the same keys as a full report, only shorter phases
+    peer_rounds=1,
+    overload_s=1.0,
+    overload_factors=FULL.overload_factors,
+    budget_ms=50.0,
+)

@@ -1,0 +1,445 @@
+"""report.json (every figure under a stable key), the targets of issue 5 judged from it, the plots,
+and REPORT.md, all generated: nothing in them is written by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from bench import plots
+from bench.plan import Plan
+
+JSON_FILE, MARKDOWN_FILE = "report.json", "REPORT.md"
+SCHEMA_VERSION = 1
+
+# the numbers to reach (issue 5)
+OVERHEAD_RATIO = 0.85
+PEER_RATIO = 2.0
+OVERLOAD_WITHIN = 0.99
+OVERLOAD_ACCURACY_GAP = 0.03
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def _git_revision() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def meta(
+    plan: Plan, started: float, load_before: tuple[float, float, float], seconds: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "quick": plan.quick,
+        "command": "circuitserve bench" + (" --quick" if plan.quick else ""),
+        "date": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "machine": f"{_cpu_model()}, {os.cpu_count()} cpus, {platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "code_version": _git_revision(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "section_seconds": seconds,
+        "durations": {
+            "closed_loop_s": plan.load_s,
+            "closed_loop_warmup_s": plan.warmup_s,
+            "open_loop_s": plan.overload_s,
+            "profile_s_per_level": plan.profile_s,
+            "peer_rounds": plan.peer_rounds,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+def _target(name: str, goal: str, measured: str, reached: bool | None, why: str = "") -> dict[str, Any]:
+    return {"target": name, "goal": goal, "measured": measured, "reached": reached, "why": why}
+
+
+def _overhead_target(name: str, o: dict[str, Any]) -> dict[str, Any]:
+    c64 = o["c64"]
+    ratio, raw, srv = c64["throughput_ratio"], c64["raw_onnxruntime"], c64["server"]
+    per_sample_ms = 1e3 / raw["throughput_rps"]
+    per_request_ms = 1e3 / max(srv["throughput_rps"], 1e-9)
+    why = (
+        f"at concurrency 64 the server formed batches of {c64['mean_batch_size']:.1f} on average; raw "
+        f"onnxruntime runs those batches at {per_sample_ms:.3f} ms per sample, the server took "
+        f"{per_request_ms:.3f} ms of wall time per request, using {srv.get('server_cores', math.nan):.2f} "
+        f"cores while the load generator used {srv.get('client_cores', math.nan):.2f} of the machine's "
+        f"{os.cpu_count()}: the difference is per-request HTTP, JSON and Python work (and the generator's "
+        "share of the cores), which the model's compute does not amortise"
+    )
+    reached = ratio >= OVERHEAD_RATIO
+    return _target(
+        f"overhead ({name} model: {o['model']}, {o['level']} level)",
+        f"throughput at concurrency 64 ≥ {OVERHEAD_RATIO:.0%} of raw onnxruntime at the same batch sizes",
+        f"{ratio:.1%} ({srv['throughput_rps']:.0f} vs {raw['throughput_rps']:.0f} samples/s)",
+        reached,
+        "" if reached else why,
+    )
+
+
+def _peers_target(peers: dict[str, Any]) -> dict[str, Any]:
+    goal = f"≥ {PEER_RATIO:.0f}x the throughput of the better peer at concurrency 64, with lower p99"
+    measured = {k: v for k, v in peers.items() if isinstance(v, dict) and v.get("status") == "ok"}
+    if not measured:
+        states = ", ".join(f"{k}: {v['status']}" for k, v in peers.items() if isinstance(v, dict))
+        return _target("peers", goal, "not measured", None, states)
+    best_name, best = max(measured.items(), key=lambda kv: kv[1]["c64"]["throughput_rps"])
+    c64 = best["c64"]
+    ratio = c64["throughput_ratio"]
+    lower_p99 = c64["circuitserve_p99_ms"] < c64["p99_ms"]
+    reached = ratio >= PEER_RATIO and lower_p99
+    why = (
+        f"{best_name} answered {c64['throughput_rps']:.0f} requests/s (p99 {c64['p99_ms']:.1f} ms) against "
+        f"circuitserve's {c64['circuitserve_throughput_rps']:.0f} (p99 {c64['circuitserve_p99_ms']:.1f} ms); "
+        "both batch the same level file on the same 2 cores with the same generator, so the gap is their "
+        "per-request serving cost"
+    )
+    return _target(
+        f"peers (better peer at c64: {best_name})",
+        goal,
+        f"{ratio:.2f}x throughput; p99 {c64['circuitserve_p99_ms']:.1f} ms vs {c64['p99_ms']:.1f} ms",
+        reached,
+        "" if reached else why,
+    )
+
+
+def _overload_target(o: dict[str, Any]) -> dict[str, Any]:
+    x4 = o.get("x4")
+    goal = (
+        f"at 4x overload: ≥ {OVERLOAD_WITHIN:.0%} answered within {o['budget_ms']:.0f} ms, expected accuracy "
+        f"within {OVERLOAD_ACCURACY_GAP * 100:.0f} points of the full level"
+    )
+    if x4 is None:
+        return _target("overload", goal, "not measured", None)
+    a, f = x4["adaptive"], x4["full_only"]
+    gap = x4["accuracy_gap"]
+    reached = a["within_budget"] >= OVERLOAD_WITHIN and gap is not None and gap <= OVERLOAD_ACCURACY_GAP
+    measured = (
+        f"{a['within_budget']:.1%} within budget, expected accuracy {a['expected_accuracy']} "
+        f"({'n/a' if gap is None else f'{gap * 100:.1f} points'} below full); "
+        f"pinned to full: {f['within_budget']:.1%} within budget"
+    )
+    late = a["answered"] - a["within_budget"]
+    why = (
+        f"of the requests sent at {a['offered_rps']:.0f}/s, {late:.1%} were answered late, "
+        f"{1 - a['answered']:.1%} not answered ({a['failures']}); level mix {a['level_mix']}; the "
+        f"generator fell up to {a['generator_max_lag_ms']:.1f} ms behind its schedule (mean "
+        f"{a['generator_mean_lag_ms']:.2f} ms) on the cores it shares with the server"
+    )
+    return _target("overload (4x capacity)", goal, measured, reached, "" if reached else why)
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        *(_overhead_target(name, o) for name, o in r["overhead"].items()),
+        _peers_target(r["peers"]),
+        _overload_target(r["overload"]),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# markdown
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _levels_md(r: dict[str, Any]) -> list[str]:
+    lines = ["## 1. Levels: accuracy against compute", ""]
+    for ds, table in r["levels"].items():
+        m = r["models"][ds]
+        lines += [
+            f"**{ds}** ({m['modules']} modules, preset {m['preset']}, {m['epochs']} epochs). Random order: "
+            f"{m['random_order_source']}. Plain training: {m['plain_training_source']}.",
+            "",
+        ]
+        rows = [
+            [
+                name,
+                lv["modules"],
+                lv["accuracy"],
+                lv["accuracy_random_order"],
+                lv["accuracy_plain_training"],
+                lv["latency_ms_b1"],
+                lv["latency_ms_b128"],
+                lv["speedup_b1"],
+                lv["speedup_b128"],
+            ]
+            for name, lv in table.items()
+        ]
+        lines += _table(
+            [
+                "level",
+                "modules",
+                "accuracy",
+                "random order",
+                "plain training",
+                "ms @1",
+                "ms @128",
+                "speedup @1",
+                "speedup @128",
+            ],
+            rows,
+        )
+    return lines
+
+
+def _overhead_md(r: dict[str, Any]) -> list[str]:
+    lines = ["## 2. Serving overhead: circuitserve against raw onnxruntime", ""]
+    for name, o in r["overhead"].items():
+        lines += [
+            f"**{name} model** ({o['model']}, level {o['level']}, {o['intra_op_threads']} onnxruntime "
+            f"threads, max batch {o['max_batch_size']}, max queue delay {o['max_queue_delay_ms']} ms)",
+            "",
+        ]
+        rows = []
+        for key, c in o.items():
+            if not key.startswith("c") or not isinstance(c, dict):
+                continue
+            s, raw = c["server"], c["raw_onnxruntime"]
+            rows.append(
+                [
+                    key[1:],
+                    s["throughput_rps"],
+                    s["p50_ms"],
+                    s["p99_ms"],
+                    c["mean_batch_size"],
+                    raw["throughput_rps"],
+                    raw["p50_ms"],
+                    raw["p99_ms"],
+                    c["throughput_ratio"],
+                    s.get("server_cores"),
+                    s.get("client_cores"),
+                ]
+            )
+        lines += _table(
+            [
+                "concurrency",
+                "server req/s",
+                "p50 ms",
+                "p99 ms",
+                "mean batch",
+                "raw ORT samples/s",
+                "raw p50 ms",
+                "raw p99 ms",
+                "ratio",
+                "server cores",
+                "generator cores",
+            ],
+            rows,
+        )
+    return lines
+
+
+def _peers_md(r: dict[str, Any]) -> list[str]:
+    p = r["peers"]
+    lines = [
+        "## 3. Peers: the same level file behind LitServe and BentoML",
+        "",
+        f"Model {p['model']}, level {p['level']}; every server batches up to {p['max_batch_size']} "
+        f"(LitServe and circuitserve wait up to {p['batch_delay_ms']} ms for a batch to fill, BentoML's "
+        f"adaptive batcher chooses its own wait); {p['rounds']} interleaved round(s), medians over the "
+        "pairs; ratio = circuitserve / peer, per pair.",
+        "",
+    ]
+    for name in ("litserve", "bentoml"):
+        entry = p.get(name, {"status": "not run"})
+        if entry.get("status") != "ok":
+            lines += [f"**{name}**: {entry.get('status')}", ""]
+            continue
+        rows = [
+            [
+                key[1:],
+                v["throughput_rps"],
+                v["p50_ms"],
+                v["p99_ms"],
+                v["circuitserve_throughput_rps"],
+                v["circuitserve_p99_ms"],
+                v["throughput_ratio"],
+            ]
+            for key, v in entry.items()
+            if key.startswith("c") and isinstance(v, dict)
+        ]
+        lines += [f"**{name}**", ""]
+        lines += _table(
+            [
+                "concurrency",
+                f"{name} req/s",
+                "p50 ms",
+                "p99 ms",
+                "circuitserve req/s",
+                "circuitserve p99 ms",
+                "ratio",
+            ],
+            rows,
+        )
+    return lines
+
+
+def _overload_md(r: dict[str, Any]) -> list[str]:
+    o = r["overload"]
+    cap = o["capacity"]
+    lines = [
+        "## 4. Overload: open loop at multiples of the full level's capacity",
+        "",
+        f"Model {o['model']} (preset {o['preset']}, {o['modules']} modules: compute-bound here; trained for "
+        "few epochs, so its accuracy is not the point). Capacity of the full level: "
+        f"{cap['throughput_rps']:.0f} requests/s (closed loop, concurrency {cap['concurrency']}). "
+        "Every request carries a "
+        f"{o['budget_ms']:.0f} ms budget (adaptive) or is pinned to the full level (full only), both with a "
+        f"{o['budget_ms']:.0f} ms timeout. Level accuracy: {o['level_accuracy']}.",
+        "",
+    ]
+    rows = []
+    for key, phase in o.items():
+        if not (key.startswith("x") and isinstance(phase, dict)):
+            continue
+        a, f = phase["adaptive"], phase["full_only"]
+        mix = ", ".join(f"{lv} {share:.0%}" for lv, share in a["level_mix"].items())
+        rows.append(
+            [
+                key,
+                a["offered_rps"],
+                a["within_budget"],
+                a["expected_accuracy"],
+                a["effective_accuracy"],
+                mix,
+                a["p99_ms"],
+                f["within_budget"],
+                f["expected_accuracy"],
+                f["effective_accuracy"],
+            ]
+        )
+    lines += _table(
+        [
+            "load",
+            "offered req/s",
+            "adaptive: within budget",
+            "expected acc",
+            "effective acc",
+            "level mix",
+            "p99 ms",
+            "full only: within budget",
+            "expected acc",
+            "effective acc",
+        ],
+        rows,
+    )
+    lines += [
+        "Effective accuracy: expected correct answers delivered within the budget, per request sent.",
+        "",
+    ]
+    return lines
+
+
+def _targets_md(r: dict[str, Any]) -> list[str]:
+    mark = {True: "reached", False: "**not reached**", None: "not measured"}
+    rows = [[t["target"], t["goal"], t["measured"], mark[t["reached"]]] for t in r["targets"]]
+    return ["## Targets", "", *_table(["target", "goal", "measured", ""], rows)]
+
+
+def _closing_md(r: dict[str, Any]) -> list[str]:
+    lines = ["## Closing note", ""]
+    missed = [t for t in r["targets"] if t["reached"] is not True]
+    if not missed:
+        lines += ["Every target was reached in this run.", ""]
+    for t in missed:
+        lines += [
+            f"- **{t['target']}** ({'not measured' if t['reached'] is None else 'not reached'}): {t['why']}."
+        ]
+    m = r["meta"]
+    lines += [
+        "",
+        f"The machine is shared: load average {m['load_average_before']} before the run, "
+        f"{m['load_average_after']} after. The load generator runs on the same cores as the server under "
+        "test (loopback only), for every server alike.",
+        "",
+    ]
+    return lines
+
+
+def markdown(r: dict[str, Any], images: dict[str, str]) -> str:
+    m = r["meta"]
+    lines = [
+        "# circuitserve benchmarks",
+        "",
+        f"Generated by `{m['command']}` on {m['date']} ({m['code_version']}); do not edit: rerun the "
+        f"command. Machine: {m['machine']}, Python {m['python']}, onnxruntime {m['onnxruntime']}. "
+        f"Every figure is in [report.json]({JSON_FILE}). Section wall times (s): {m['section_seconds']}.",
+        "",
+        *_targets_md(r),
+    ]
+    sections = (
+        (_levels_md, "levels"),
+        (_overhead_md, "overhead"),
+        (_peers_md, "peers"),
+        (_overload_md, "overload"),
+    )
+    for render, key in sections:
+        lines += render(r)
+        if key in images:
+            lines += [f"![{key}]({images[key]})", ""]
+    lines += _closing_md(r)
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Judge the targets, draw the plots, write report.json and REPORT.md into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    final = _finite({**results, "targets": targets(results)})
+    (out / JSON_FILE).write_text(json.dumps(final, indent=2, allow_nan=False) + "\n")
+    images = plots.draw(final, out)
+    (out / MARKDOWN_FILE).write_text(markdown(final, images))
+    return final
+
+
+def _finite(v: Any) -> Any:
+    """NaN and infinities (a percentile of no answers) become null: report.json is strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
