@@ -3,10 +3,12 @@ profiled, described by manifest.json. Built in a temporary directory, then renam
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +49,15 @@ def export_level(frozen: Frozen, path: Path) -> None:
     """One level to one self-contained ONNX file: eval mode, dynamic batch axis, full check."""
     frozen.eval()
     example = torch.zeros(2, *frozen.nac.cfg.input_shape)
+    # the exporter logs about optional torchvision ops and warns about its own internals: noise here
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        _export(frozen, example, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def _export(frozen: Frozen, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         frozen,
         (example,),
@@ -58,7 +69,6 @@ def export_level(frozen: Frozen, path: Path) -> None:
         dynamo=True,
         verbose=False,
     )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
 def check_parity(frozen: Frozen, path: Path, x: np.ndarray) -> np.ndarray:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -16,13 +14,15 @@ import uvicorn
 from fastapi import FastAPI
 
 from export.manifest import Manifest
-from service import __version__
+from service import __version__, logs
 from service.engine import Engine
 from service.errors import install_handlers
+from service.guard import Guard
 from service.loader import StartupError, open_model, verify_bundles, warm_up
 from service.routes import native, ops, v2
 from service.runtime import SessionFactory
 from service.settings import Settings
+from service.shutdown import DrainingServer
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ accuracy floor. Native JSON API under `/v1`, Open Inference Protocol v2 under `/
 
 def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> FastAPI:
     """An app that loads `settings.bundles` in the background once started; ready after warm-up."""
+    logs.install()
     engine = Engine(settings)
     factory = session_factory or ort.InferenceSession
 
@@ -53,7 +54,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
-            await engine.close(settings.drain_timeout_s)
+            await engine.close()  # whatever is left of drain_timeout_s
 
     app = FastAPI(
         title="circuitserve",
@@ -65,6 +66,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     app.state.on_fatal = lambda: None  # serve() replaces it with "stop the server"
     app.state.on_bad_request = engine.count_invalid
     install_handlers(app)
+    app.add_middleware(Guard, engine=engine, settings=settings)
     for module in (native, v2, ops):
         app.include_router(module.router)
     return app
@@ -96,6 +98,8 @@ async def _load(
                 )
             models[model.name] = model
         engine.models = models
+        if engine.draining:  # told to stop while loading
+            return
         engine.ready = True
         engine.metrics.ready.set(1)
         log.info(
@@ -107,46 +111,30 @@ async def _load(
         on_fatal()
 
 
-def serve(settings: Settings) -> None:
-    """Run the server until interrupted (blocking). Raises StartupError if the bundles cannot be served."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    app = create_app(settings)
+def serve(settings: Settings, *, session_factory: SessionFactory | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT, then drain (service.shutdown) and return (blocking).
+    Raises StartupError if the bundles cannot be served."""
+    logging.basicConfig(level=settings.log_level.upper(), format=logs.FORMAT)
+    app = create_app(settings, session_factory=session_factory)
+    engine: Engine = app.state.engine
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=False,  # service.guard writes one, with the request id
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, engine)
 
     def stop() -> None:
         server.should_exit = True
 
     app.state.on_fatal = stop
-    engine: Engine = app.state.engine
     try:
-        with _exit_zero_after_signals():
-            server.run()
+        server.run()
     except SystemExit:  # uvicorn exits this way when the lifespan start fails
         if not engine.failure:
             raise
     if engine.failure:
         raise StartupError(engine.failure)
-
-
-@contextmanager
-def _exit_zero_after_signals() -> Iterator[None]:
-    """uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; with these no-op handlers in
-    place the process returns from serve() and exits 0 instead of dying by the signal."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -7,6 +7,7 @@
 - A request whose deadline passes before its batch starts raises DeadlineExceeded (504), unexecuted.
 - An error in a batch reaches every request of that batch.
 - `close()` stops intake, lets the queue drain (up to a timeout), fails what is left, stops the thread.
+- Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +58,33 @@ class _Pending:
         return len(self.rows)
 
 
+class _Worker:
+    """One daemon thread running jobs in order (a ThreadPoolExecutor's threads are joined at exit)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        self._jobs.put(None)
+
+
 class Batcher:
     def __init__(
         self,
@@ -80,7 +111,7 @@ class Batcher:
         self.running_since: float | None = None
         self._wake = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._worker = _Worker(f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -93,7 +124,7 @@ class Batcher:
 
     async def call(self, fn: Callable[[], object]) -> None:
         """Run `fn` on this level's inference thread (warm-up runs where batches will run)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        await asyncio.wrap_future(self._worker.submit(fn))
 
     async def submit(
         self, rows: np.ndarray, *, deadline: float, priority: int = 0, max_wait_s: float | None = None
@@ -188,9 +219,7 @@ class Batcher:
         outputs: Outputs = {}
         error: BaseException | None = None
         try:
-            outputs, compute = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._timed, rows
-            )
+            outputs, compute = await asyncio.wrap_future(self._worker.submit(self._timed, rows))
         except asyncio.CancelledError:  # closed past its drain timeout mid-batch
             for p in batch:
                 if not p.future.done():
@@ -222,10 +251,14 @@ class Batcher:
         outputs = self._run(rows)
         return outputs, time.perf_counter() - t0
 
-    async def close(self, timeout_s: float = 0.0) -> None:
-        """Stop intake, let queued work finish for up to `timeout_s`, fail the rest (503)."""
+    def stop_intake(self) -> None:
+        """Refuse new requests (503); what is queued runs without waiting for batches to fill."""
         self._closing = True
         self._wake.set()
+
+    async def close(self, timeout_s: float = 0.0) -> None:
+        """Stop intake, let queued work finish for up to `timeout_s`, fail the rest (503)."""
+        self.stop_intake()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
@@ -237,4 +270,4 @@ class Batcher:
                 item.future.set_exception(Unavailable(f"{self.name}: shut down before this request ran"))
         self._heap.clear()
         self.queued_samples = 0
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker.shutdown()

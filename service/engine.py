@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import policy
-from service.batcher import BatchResult
+from service.batcher import Batcher, BatchResult
 from service.errors import BadRequest, NotFound, Unavailable, outcome_of
 from service.metrics import NO_LEVEL, UNKNOWN_MODEL, Metrics
 from service.models import ServedLevel, ServedModel
@@ -70,10 +70,15 @@ class Engine:
     models: dict[str, ServedModel] = field(default_factory=dict)
     ready: bool = False
     failure: str | None = None  # why loading failed, if it did
+    draining: bool = False  # shutting down: no new inference, in-flight requests finish
+    drain_deadline: float | None = None  # time.monotonic() by which the drain ends
+    in_flight: int = 0  # inference requests between arrival and answer (kept by service.guard)
 
     def model(self, name: str) -> ServedModel:
+        if self.draining:
+            raise Unavailable("server is shutting down (draining); retry on another replica", retry_after_s=1)
         if not self.ready:
-            why = f"loading failed: {self.failure}" if self.failure else "models are loading or draining"
+            why = f"loading failed: {self.failure}" if self.failure else "models are loading"
             raise Unavailable(f"server not ready ({why})", retry_after_s=5)
         if name not in self.models:
             raise NotFound(f"unknown model {name!r}; served: {sorted(self.models)}")
@@ -94,11 +99,11 @@ class Engine:
             self.metrics.observe_request(rec.model, rec.level, outcome, elapsed, rec.queue_s)
             self.stats.record(rec.model, rec.level, outcome, rec.samples, elapsed)
 
-    def count_invalid(self, model_name: str | None) -> None:
-        """Record a request rejected before its handler ran (body failed schema validation)."""
+    def count_invalid(self, model_name: str | None, outcome: str = "bad_request") -> None:
+        """Record a request refused before its handler ran (invalid body, too large, too many)."""
         model = model_name if model_name in self.models else UNKNOWN_MODEL
-        self.metrics.observe_request(model, NO_LEVEL, "bad_request", 0.0)
-        self.stats.record(model, NO_LEVEL, "bad_request", 0, 0.0)
+        self.metrics.observe_request(model, NO_LEVEL, outcome, 0.0)
+        self.stats.record(model, NO_LEVEL, outcome, 0, 0.0)
 
     async def infer(
         self, model: ServedModel, x: np.ndarray, budget: RequestBudget, rec: Tracked
@@ -139,12 +144,35 @@ class Engine:
     def queue_depth(self) -> dict[str, dict[str, int]]:
         return {m.name: {lv.name: lv.batcher.queued_samples for lv in m.levels} for m in self.models.values()}
 
-    async def close(self, timeout_s: float) -> None:
-        """Drain: readiness off, every level's queue finishes (up to `timeout_s`), then stop."""
-        self.ready = False
+    def request_drain(self) -> None:
+        """Readiness off, new inference refused (503), the drain's deadline set. Plain assignments
+        only: safe in a signal handler; `begin_drain` does the rest on the event loop."""
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+        self.draining, self.ready = True, False
+
+    def begin_drain(self) -> None:
+        """`request_drain`, the ready gauge to 0, and queued batches start without waiting to fill."""
+        self.request_drain()
         self.metrics.ready.set(0)
-        batchers = [lv.batcher for m in self.models.values() for lv in m.levels]
-        await asyncio.gather(*(b.close(timeout_s) for b in batchers))
+        for b in self._batchers():
+            b.stop_intake()
+
+    def drain_left_s(self) -> float:
+        """Seconds left before the drain's deadline (all of `drain_timeout_s` before it began)."""
+        if self.drain_deadline is None:
+            return self.settings.drain_timeout_s
+        return max(0.0, self.drain_deadline - time.monotonic())
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Drain: every level's queue finishes until the deadline (or `timeout_s`), what is left
+        gets 503, the batchers stop."""
+        self.begin_drain()
+        timeout_s = self.drain_left_s() if timeout_s is None else timeout_s
+        await asyncio.gather(*(b.close(timeout_s) for b in self._batchers()))
+
+    def _batchers(self) -> list[Batcher]:
+        return [lv.batcher for m in self.models.values() for lv in m.levels]
 
 
 def _validate(b: RequestBudget) -> None:

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import logs
+
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +71,7 @@ class InferenceFailed(ServiceError):
 
 class ErrorBody(BaseModel):
     error: str
+    request_id: str
 
 
 def error_docs(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -77,6 +80,9 @@ def error_docs(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Malformed request or impossible budget",
         404: "Unknown model or version",
         500: "Inference failed",
+        401: "Missing or wrong bearer token (when the server has one)",
+        413: "Body larger than the configured limit",
+        429: "Too many requests in flight (see Retry-After)",
         503: "Not ready, draining, or queue full (see Retry-After)",
         504: "Deadline passed before the request ran; not executed",
     }
@@ -104,11 +110,15 @@ def drop_422_from_docs(app: FastAPI) -> None:
 def outcome_of(exc: BaseException | None) -> str:
     if exc is None:
         return "success"
+    if isinstance(exc, StarletteHTTPException):  # e.g. 413 from service.guard while reading the body
+        return "bad_request" if exc.status_code < 500 else "error"
     return exc.outcome if isinstance(exc, ServiceError) else "error"
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    """`{"error": message, "request_id": id}`: clients parse `error`; the id matches the log lines."""
+    body = {"error": message, "request_id": logs.current.get()}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

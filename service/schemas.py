@@ -76,6 +76,7 @@ class PredictResponse(BaseModel):
     queue_ms: float
     compute_ms: float
     batch_size: int = Field(description="Samples in the batch this request ran in.")
+    request_id: str = Field(description="As in the X-Request-ID header and the server's log lines.")
     predictions: list[Prediction]
 
 

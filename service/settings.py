@@ -39,9 +39,19 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(default=1, ge=1)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     warmup_runs: int = Field(default=3, ge=1, description="runs per profiled batch size before ready")
-    drain_timeout_s: float = Field(default=20.0, ge=0)
-    max_body_bytes: int = Field(default=64 << 20, ge=1024)
-    auth_token: SecretStr | None = None
+    drain_timeout_s: float = Field(
+        default=20.0, ge=0, description="SIGTERM to exit, at most: in-flight requests finish within it"
+    )
+    max_body_bytes: int = Field(default=64 << 20, ge=1024, description="larger request bodies get 413")
+    max_inflight_requests: int = Field(
+        default=512, ge=1, description="inference requests handled at once; more get 429 before their body"
+    )
+    auth_token: SecretStr | None = Field(
+        default=None, description="bearer token required on inference and model/admin endpoints"
+    )
+    protect_health_and_metrics: bool = Field(
+        default=False, description="also require the token on /v2/health/* and /metrics (probes send none)"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("bundles")
@@ -51,6 +61,13 @@ class Settings(BaseSettings):
         if missing:
             raise ValueError(f"bundle directories not found: {', '.join(missing)}")
         return bundles
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_not_blank(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value().strip():
+            raise ValueError("auth_token is empty: unset it to serve without auth")
+        return token
 
     @field_validator("log_level", mode="before")
     @classmethod

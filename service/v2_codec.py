@@ -60,7 +60,7 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[V2Te
     if not isinstance(name, str):
         raise BadRequest("every input needs a string 'name'")
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; use one of {sorted(DATATYPES)}")
     dtype, shape = DATATYPES[datatype], _shape(spec.get("shape"), name)
     count = math.prod(shape)
@@ -79,7 +79,7 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[V2Te
         raise BadRequest(f"input {name!r}: needs 'data' or parameters.binary_data_size")
     try:
         array = np.asarray(spec["data"], dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest(f"input {name!r}: data is not a (nested) list of {datatype} values: {exc}") from None
     if array.size != count:
         raise BadRequest(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
@@ -99,7 +99,7 @@ def parse_request(body: bytes, header_length: str | None) -> V2Request:
         split = len(body)
     try:
         doc = _obj(json.loads(body[:split]), "request body")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5000-digit int, deep nesting
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     binary = memoryview(body)[split:]
     specs = doc.get("inputs")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends
 
+from service import logs
 from service.engine import Engine, RequestBudget
 from service.errors import BadRequest, error_docs
 from service.models import ServedModel
@@ -56,7 +57,7 @@ def _predictions(model: ServedModel, probs: np.ndarray, top_k: int | None) -> li
 @router.post(
     "/models/{name}/predict",
     response_model=PredictResponse,
-    responses=error_docs(400, 404, 500, 503, 504),
+    responses=error_docs(400, 404, 413, 429, 500, 503, 504),
     **_NO_NONE,
 )
 async def predict(name: str, body: PredictRequest, eng: Engine = Depends(engine)) -> PredictResponse:
@@ -78,6 +79,7 @@ async def predict(name: str, body: PredictRequest, eng: Engine = Depends(engine)
                 "model": model.name,
                 "model_version": model.manifest.version,
                 **timing(inference),
+                "request_id": logs.current.get(),
                 "predictions": _predictions(model, probs, body.top_k),
             }
         )

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import __version__
+from service import __version__, logs
 from service.engine import Engine, RequestBudget
 from service.errors import BadRequest, NotFound, error_docs
 from service.models import ServedModel
@@ -113,7 +113,9 @@ def budget_from(params: dict[str, Any]) -> RequestBudget:
     )
 
 
-@router.post(_MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 500, 503, 504))
+@router.post(
+    _MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 413, 429, 500, 503, 504)
+)
 @router.post(_VERSIONED + "/infer", include_in_schema=False)
 async def infer(name: str, request: Request, eng: Engine = Depends(engine)) -> Response:
     """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`)."""
@@ -139,7 +141,7 @@ async def infer(name: str, request: Request, eng: Engine = Depends(engine)) -> R
         header: dict[str, Any] = {"model_name": model.name, "model_version": model.manifest.version}
         if req.id is not None:
             header["id"] = req.id
-        header["parameters"] = params
+        header["parameters"] = {**params, "request_id": logs.current.get()}
         outputs = [(n, inference.result.outputs[n], wanted[n]) for n in names if n in wanted]
         body, headers = encode_response(header, outputs)
     return Response(body, headers=headers)

@@ -12,24 +12,17 @@ from typer.testing import CliRunner
 from export.build import PARITY_ATOL, ExportError, export_bundle
 from export.manifest import BundleError, Manifest, load_bundle, read_manifest
 from model.nac import Frozen
-from model.train import TrainConfig, load_checkpoint, train
+from model.train import load_checkpoint
 from service.cli import app
 
-LEVELS = [Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8)]
+@pytest.fixture
+def tiny_ckpt(trained_checkpoint):
+    return trained_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt")
-    train(TrainConfig(dataset="digits", epochs=1, preset="tiny", batch_size=128), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(tiny_ckpt, out, LEVELS, name="tiny")
-    return out
+@pytest.fixture
+def bundle(trained_bundle):
+    return trained_bundle
 
 
 def test_round_trip_levels_and_files(bundle):

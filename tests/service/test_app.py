@@ -113,7 +113,8 @@ def test_nan_unknown_model_and_unknown_route(client: TestClient, manifest: Manif
     assert r.status_code == 400 and "NaN" in r.json()["error"]
     r = predict(client, manifest.model_copy(update={"name": "nope"}))
     assert r.status_code == 404 and "nope" in r.json()["error"]
-    assert client.get("/v1/nothing").json() == {"error": "Not Found"}
+    r = client.get("/v1/nothing")
+    assert r.json() == {"error": "Not Found", "request_id": r.headers["x-request-id"]}
 
 
 def test_v2_json_infer_carries_the_budget_in_parameters(client: TestClient, manifest: Manifest) -> None:

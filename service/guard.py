@@ -1,0 +1,135 @@
+"""The ASGI layer in front of every route: request id, bearer-token auth, body size, admission.
+
+- Request id: the caller's `X-Request-ID` if safe (service.logs), else a fresh one; sent back in
+  the `X-Request-ID` header, in error bodies, and on every log line written while handling it.
+- Auth (when `auth_token` is set): `Authorization: Bearer <token>`, compared in constant time, on
+  every path except the API docs and, unless `protect_health_and_metrics`, /v2/health/* and /metrics.
+- Bodies over `max_body_bytes` get 413, from Content-Length before reading or while reading.
+- At most `max_inflight_requests` inference requests at once; more get 429 before their body is read.
+  The count is what a drain waits for (service.app).
+- An exception no handler took becomes a 500 with `{"error": ...}`; one access log line per request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import logs
+from service.engine import Engine
+from service.errors import error_response
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("service.access")
+
+INFERENCE = re.compile(r"/v1/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+OPEN = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def is_probe(path: str) -> bool:
+    return path.startswith("/v2/health/") or path == "/metrics"
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, engine: Engine, settings: Settings) -> None:
+        self.app = app
+        self.engine = engine
+        self.settings = settings
+        token = settings.auth_token
+        self.token = token.get_secret_value().strip().encode() if token is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        rid = logs.request_id(headers.get(logs.HEADER))
+        context = logs.current.set(rid)
+        start, status = time.monotonic(), [0]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                extra = [(b"x-request-id", rid.encode())]
+                if self.engine.draining:
+                    extra.append((b"connection", b"close"))  # clients reconnect, to a replica that serves
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, send_with_id, headers)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not status[0]:
+                await error_response(500, "internal error")(scope, receive, send_with_id)
+        finally:
+            access_log.info(
+                "%s %s %d %.1fms", scope["method"], scope["path"], status[0], (time.monotonic() - start) * 1e3
+            )
+            logs.current.reset(context)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+        path: str = scope["path"]
+        if not self._authorized(path, headers):
+            bearer = {"WWW-Authenticate": "Bearer"}
+            await error_response(401, "missing or wrong bearer token", bearer)(scope, receive, send)
+            return
+        inference = INFERENCE.fullmatch(path)
+        model = (inference.group(1) or inference.group(2)) if inference else None
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.settings.max_body_bytes:
+            self._count(model, "bad_request")
+            await error_response(413, self._too_large())(scope, receive, send)
+            return
+        if inference is None:
+            await self.app(scope, self._limited(receive), send)
+            return
+        if self.engine.in_flight >= self.settings.max_inflight_requests:
+            self._count(model, "rejected")
+            limit = self.settings.max_inflight_requests
+            message = f"too many requests in flight (limit {limit}); retry later"
+            await error_response(429, message, {"Retry-After": "1"})(scope, receive, send)
+            return
+        self.engine.in_flight += 1
+        try:
+            await self.app(scope, self._limited(receive), send)
+        finally:
+            self.engine.in_flight -= 1
+
+    def _authorized(self, path: str, headers: Headers) -> bool:
+        if self.token is None or path in OPEN:
+            return True
+        if is_probe(path) and not self.settings.protect_health_and_metrics:
+            return True
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        given = credentials.strip().encode("utf-8", "replace")
+        return hmac.compare_digest(given, self.token) and scheme.lower() == "bearer"
+
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive`, raising 413 once the body passes the limit (bodies without Content-Length)."""
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.settings.max_body_bytes:
+                    raise HTTPException(413, self._too_large())
+            return message
+
+        return limited
+
+    def _too_large(self) -> str:
+        return f"request body larger than the limit of {self.settings.max_body_bytes} bytes"
+
+    def _count(self, model: str | None, outcome: str) -> None:
+        if model is not None:
+            self.engine.count_invalid(model, outcome)

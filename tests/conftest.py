@@ -1,0 +1,29 @@
+"""Shared fixtures: one tiny model trained on digits and exported, once per test session.
+The real spine (train -> export -> bundle on disk) feeds the export and end-to-end tests."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+TINY_LEVELS = [Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8)]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ckpt")
+    train(TrainConfig(dataset="digits", epochs=1, preset="tiny", batch_size=128), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.build import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(trained_checkpoint, out, TINY_LEVELS, name="tiny")
+    return out
