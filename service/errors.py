@@ -132,8 +132,9 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        if exc.status >= 500:
-            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        # faults are warnings; load shedding (503/504) is counted in metrics, one line each would flood
+        level = logging.WARNING if exc.status == 500 else logging.DEBUG
+        log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(exc.status, exc.message, exc.headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import statistics
 import time
@@ -51,7 +52,7 @@ def open_model(
     )
     levels = []
     for level in manifest.sorted_levels():
-        session = create_session(path / level.file, config, session_factory)
+        session = create_session(path / level.file, config, session_factory, _verified(path, level))
         if config.provider == "auto":  # one probe decides the provider for the rest
             config = SessionConfig("cuda" if session.get_providers()[0] == CUDA else "cpu", *_threads(config))
         runner = LevelRunner(session, manifest.input.name, [o.name for o in manifest.outputs])
@@ -66,6 +67,17 @@ def open_model(
     else:
         model.default_level = levels[0].name
     return model
+
+
+def _verified(bundle: Path, level: Level) -> bytes:
+    """The level file's bytes, checked again against the manifest: the session is made from these."""
+    data = (bundle / level.file).read_bytes()
+    if hashlib.sha256(data).hexdigest() != level.sha256:
+        raise StartupError(
+            f"{bundle}: level {level.name!r} file {level.file} fails its checksum: "
+            "the file changed after export (or after the bundle was verified)"
+        )
+    return data
 
 
 def _threads(config: SessionConfig) -> tuple[int, int]:

@@ -96,10 +96,10 @@ def _as_fraction(spec: object) -> float | None:
     if isinstance(spec, bool):
         return None
     if isinstance(spec, int | float):
-        return float(spec)
+        return float(spec) if abs(spec) <= 1 else None  # keep fractions are in (0, 1]
     if isinstance(spec, str):
         try:
             return float(Fraction(spec.strip()))
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             return None
     return None

@@ -54,12 +54,18 @@ def _options(config: SessionConfig) -> ort.SessionOptions:
 
 
 def create_session(
-    path: Path, config: SessionConfig, factory: SessionFactory = ort.InferenceSession
+    path: Path,
+    config: SessionConfig,
+    factory: SessionFactory = ort.InferenceSession,
+    model: bytes | None = None,
 ) -> Session:
-    """A session on CUDA when one really runs there (provider auto or cuda), else on CPU."""
+    """A session on CUDA when one really runs there (provider auto or cuda), else on CPU.
+    With `model` (the file's bytes, already verified) the session is made from those bytes, so the
+    file cannot change between its check and its use; `path` then only names it."""
     options = _options(config)
+    source = str(path) if model is None else model
     if config.provider in ("auto", "cuda") and CUDA in ort.get_available_providers():
-        session = factory(str(path), options, providers=[CUDA, CPU])
+        session = factory(source, options, providers=[CUDA, CPU])
         if session.get_providers()[0] == CUDA:
             return session
         if config.provider == "auto":
@@ -69,7 +75,7 @@ def create_session(
             f"{path.name}: provider 'cuda' asked for but onnxruntime cannot run on CUDA here "
             f"(available: {ort.get_available_providers()}); use provider 'auto' or 'cpu'"
         )
-    return factory(str(path), options, providers=[CPU])
+    return factory(source, options, providers=[CPU])
 
 
 class LevelRunner:

@@ -27,7 +27,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
         super().__init__(config)
         self.engine = engine
-        self.reserve_s = min(1.0, 0.1 * engine.settings.drain_timeout_s)
+        self.reserve_s = min(1.0, 0.2 * engine.settings.drain_timeout_s)  # for uvicorn and the exit
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -78,7 +78,8 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[V2Te
     if "data" not in spec:
         raise BadRequest(f"input {name!r}: needs 'data' or parameters.binary_data_size")
     try:
-        array = np.asarray(spec["data"], dtype=dtype)
+        with np.errstate(over="ignore"):  # beyond the datatype's range: inf, refused later for FP32
+            array = np.asarray(spec["data"], dtype=dtype)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest(f"input {name!r}: data is not a (nested) list of {datatype} values: {exc}") from None
     if array.size != count:

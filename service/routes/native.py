@@ -30,8 +30,9 @@ _NO_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 def _rows(model: ServedModel, inputs: list[Any]) -> np.ndarray:
     shape = model.manifest.input.shape[1:]
     try:
-        x = np.asarray(inputs, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused by check_input
+            x = np.asarray(inputs, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest(f"inputs must be equally shaped lists of numbers: {exc}") from None
     if x.ndim == 2 and x.shape[1] == math.prod(shape) and len(shape) > 1:
         x = x.reshape(len(x), *shape)  # flat rows are accepted too

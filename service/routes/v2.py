@@ -93,7 +93,10 @@ def _number(params: dict[str, Any], key: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"parameter {key!r} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise BadRequest(f"parameter {key!r} is out of range") from None
 
 
 def budget_from(params: dict[str, Any]) -> RequestBudget:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +93,106 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     raise AssertionError(f"no sample {name}{labels}")
+
+
+# serve() in a child process; a batch whose first value is SLOW + ms sleeps that many milliseconds.
+SLOW = 1e4
+SLOW_SERVER = f"""
+import time, onnxruntime as ort
+from service.app import serve
+from service.settings import Settings
+
+class Slow(ort.InferenceSession):
+    def run(self, names, feed, *args, **kwargs):
+        first = float(next(iter(feed.values())).flat[0])
+        if first >= {SLOW}:
+            time.sleep((first - {SLOW}) / 1000)
+        return super().run(names, feed, *args, **kwargs)
+
+serve(Settings(), session_factory=Slow)
+"""
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def child_server(bundle: Path, log: Path, script: str = SLOW_SERVER, **env: Any) -> Iterator[Child]:
+    """serve() in a subprocess on 127.0.0.1 (settings from CIRCUITSERVE_* env), ready; killed at exit."""
+    port = free_port()
+    settings = {"bundles": f'["{bundle}"]', "port": port, "provider": "cpu", "log_level": "warning", **env}
+    environ = {**os.environ, **{f"CIRCUITSERVE_{k.upper()}": str(v) for k, v in settings.items()}}
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], env=environ, stdout=sink, stderr=subprocess.STDOUT
+        )
+    child = Child(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=child.url, timeout=5) as http:
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, child.output()
+                try:
+                    if http.get("/v2/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        yield child
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client on one connection: far cheaper than httpx per request, so
+    one test process can offer a server more load than it can take. Responses need Content-Length."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    @staticmethod
+    def post(path: str, body: Any, headers: dict[str, str] | None = None) -> bytes:
+        data = json.dumps(body).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+        return f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """(status, body); raises OSError / asyncio.IncompleteReadError if the connection drops."""
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        writer.write(request)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        length, close = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            close |= name.lower() == "connection" and value.strip().lower() == "close"
+        body = await reader.readexactly(length)
+        if close:
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
