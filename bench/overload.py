@@ -29,6 +29,7 @@ from export.manifest import Manifest
 
 CAPACITY_CONCURRENCY = 64
 MODES = ("adaptive", "full_only")
+CLIENT_TIMEOUT_S = 1.0  # an answer later than this (20x the budget) counts as none: phases stay bounded
 
 
 def outcome(
@@ -41,7 +42,8 @@ def outcome(
     ]
     in_time = [(r, lv) for r, lv in answered if r.latency_s * 1e3 <= budget_ms]
     levels = Counter(lv for _, lv in answered)
-    statuses = Counter(str(r.status) for r in run.records if r.status != 200)
+    failed = [r.status for r in run.records if r.status != 200]
+    statuses = Counter("no_answer" if s == load.TRANSPORT_ERROR else str(s) for s in failed)
     return {
         "offered_rps": round(offered_rps, 1),
         "sent": sent,
@@ -53,7 +55,8 @@ def outcome(
         # expected correct answers delivered in time, per request sent
         "effective_accuracy": round(sum(accuracy[lv] for _, lv in in_time) / sent, 4) if sent else 0.0,
         "level_mix": {lv: round(n / len(answered), 4) for lv, n in sorted(levels.items())},
-        "failures": {s: round(n / sent, 4) for s, n in sorted(statuses.items())},  # "0": no HTTP answer
+        # HTTP status (503 shed, 504 deadline passed in the queue) or no_answer within CLIENT_TIMEOUT_S
+        "failures": {s: round(n / sent, 4) for s, n in sorted(statuses.items())},
         "p50_ms": round(run.latency_ms(50), 3),
         "p99_ms": round(run.latency_ms(99), 3),
         "generator_max_lag_ms": round(run.max_lag_s * 1e3, 3),

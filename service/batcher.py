@@ -4,7 +4,9 @@
 - Lower priority numbers run first; FIFO within a priority.
 - A caller's multi-row request is never split; one bigger than `max_batch_size` runs alone.
 - The queue is bounded in samples: a request that does not fit raises Unavailable (503).
-- A request whose deadline passes before its batch starts raises DeadlineExceeded (504), unexecuted.
+- A request whose deadline passes before its batch starts raises DeadlineExceeded (504), unexecuted;
+  one whose batch is running is awaited up to `max_overrun_s` more, then abandoned (504), so a stuck
+  session leaves no request hanging.
 - An error in a batch reaches every request of that batch.
 - `close()` stops intake, lets the queue drain (up to a timeout), fails what is left, stops the thread.
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
@@ -96,6 +98,7 @@ class Batcher:
         max_queue_samples: int,
         on_batch: BatchObserver | None = None,
         retry_after: Callable[[], int] = lambda: 1,
+        max_overrun_s: float | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -104,6 +107,7 @@ class Batcher:
         self.max_queue_samples = max_queue_samples
         self._on_batch = on_batch
         self._retry_after = retry_after
+        self.max_overrun_s = max_overrun_s  # how long a running request is awaited past its deadline
         self._heap: list[_Pending] = []
         self._seq = itertools.count()
         self.queued_samples = 0
@@ -153,8 +157,14 @@ class Batcher:
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            if item.started:  # already running: its answer is moments away, wait for it
-                return await item.future
+            if item.started:  # already running: its answer is moments away, wait for it (bounded)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(item.future), self.max_overrun_s)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"{self.name}: still running {self.max_overrun_s:g} s past its deadline (a stuck "
+                        "session?); answer abandoned"
+                    ) from None
             self._drop(item)
             raise DeadlineExceeded(f"{self.name}: deadline passed while queued; not executed") from None
         except asyncio.CancelledError:  # the caller went away: unqueue unless already running

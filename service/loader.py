@@ -101,6 +101,7 @@ def _served_level(
         max_queue_samples=settings.max_queue_size,
         on_batch=on_batch,
         retry_after=lambda: retry_after_s(served.state(), settings.max_batch_size),
+        max_overrun_s=settings.request_timeout_ms / 1000,
     )
     served = ServedLevel(level, runner, batcher, profile_of(level))
     metrics.add_level(model, level.name, lambda: batcher.queued_samples)

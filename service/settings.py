@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=20.0, ge=0, description="SIGTERM to exit, at most: in-flight requests finish within it"
     )
-    max_body_bytes: int = Field(default=64 << 20, ge=1024, description="larger request bodies get 413")
+    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies get 413")
     max_inflight_requests: int = Field(
         default=512, ge=1, description="inference requests handled at once; more get 429 before their body"
     )

@@ -28,7 +28,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.engine = engine
         self.reserve_s = min(1.0, 0.2 * engine.settings.drain_timeout_s)  # for uvicorn and the exit
-        self._draining = False
+        self._began = self._finished = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.engine.drain_deadline is None:
@@ -36,28 +36,29 @@ class DrainingServer(uvicorn.Server):
         elif self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         else:
-            self.should_exit = True
+            self.should_exit = True  # a second signal: end the drain now
 
     async def on_tick(self, counter: int) -> bool:
-        if self.engine.draining and not self.should_exit:
-            if not self._draining:
-                self._draining = True
+        if self.engine.draining and not self._finished:
+            if not self._began:
+                self._began = True
                 self.engine.begin_drain()
                 log.info(
                     "draining: %d inference requests in flight, %.1f s at most",
                     self.engine.in_flight,
                     self.engine.drain_left_s(),
                 )
-            if self.engine.in_flight == 0 or self.engine.drain_left_s() <= self.reserve_s:
-                self.should_exit = True
-        if self.should_exit and self._draining:
-            await self._finish()
+            left = self.engine.drain_left_s()
+            if self.should_exit or self.engine.in_flight == 0 or left <= self.reserve_s:
+                await self._finish()
         return await super().on_tick(counter)
 
     async def _finish(self) -> None:
+        self._finished = self.should_exit = True
         if self.engine.in_flight:
-            log.warning("drain timeout: %d inference requests get 503", self.engine.in_flight)
+            log.warning(
+                "drain ends with %d inference requests in flight: they get 503", self.engine.in_flight
+            )
         await self.engine.close(0)  # fails what is left with 503, so those answers go out now
         left = max(_MIN_GRACE_S, self.engine.drain_left_s())
         self.config.timeout_graceful_shutdown = left  # type: ignore[assignment]
-        self._draining = False

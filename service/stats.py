@@ -12,7 +12,7 @@ import numpy as np
 WINDOWS_S = (10, 60)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Event:
     at: float
     model: str
@@ -23,19 +23,25 @@ class _Event:
 
 
 class RecentStats:
-    """Keeps the requests of the last `horizon_s` seconds (at most `max_events`) in memory."""
+    """Keeps the requests of the last `horizon_s` seconds, at most `max_events` (about 130 bytes
+    each), in memory: under heavy load the windows cover the most recent `max_events` requests."""
 
-    def __init__(self, horizon_s: float = max(WINDOWS_S), max_events: int = 200_000) -> None:
+    def __init__(self, horizon_s: float = max(WINDOWS_S), max_events: int = 100_000) -> None:
         self.horizon_s = horizon_s
         self._events: deque[_Event] = deque(maxlen=max_events)
         self.started = time.monotonic()
 
     def record(self, model: str, level: str, outcome: str, samples: int, latency_s: float) -> None:
-        self._events.append(_Event(time.monotonic(), model, level, outcome, samples, latency_s))
+        now = time.monotonic()
+        self._events.append(_Event(now, model, level, outcome, samples, latency_s))
+        self._prune(now)
 
-    def _recent(self, now: float, window_s: float) -> list[_Event]:
+    def _prune(self, now: float) -> None:
         while self._events and self._events[0].at < now - self.horizon_s:
             self._events.popleft()
+
+    def _recent(self, now: float, window_s: float) -> list[_Event]:
+        self._prune(now)
         return [e for e in self._events if e.at >= now - window_s]
 
     def snapshot(self, queue_depth: dict[str, dict[str, int]]) -> dict[str, Any]:

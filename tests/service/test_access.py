@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonclient.http as triton
 from fastapi.testclient import TestClient
-from service_helpers import asgi_client, make_settings, sample_inputs, wait_ready
+from service_helpers import asgi_client, live_server, make_settings, sample_inputs, wait_ready
+from tritonclient.utils import InferenceServerException
 
 from export.manifest import Manifest
 from service import guard, logs
@@ -145,3 +147,19 @@ def test_request_ids_are_in_the_logs_and_secrets_are_not(
     for rid, status in (("req-ok", 200), ("req-401", 401), ("req-400", 400)):
         assert f"[{rid}] POST {url} {status}" in text, text[-2000:]
     assert TOKEN not in text and WRONG not in text and "Zq81xVb3" not in text
+
+
+def test_tritonclient_passes_the_token_as_a_header(bundle_path: Path, manifest: Manifest) -> None:
+    with live_server(make_settings(bundle_path, auth_token=TOKEN)) as address:
+        client = triton.InferenceServerClient(address)
+        try:
+            assert client.is_server_live() and client.is_server_ready()  # probes send no token
+            x = sample_inputs(manifest, 2)
+            inp = triton.InferInput(manifest.input.name, list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            with pytest.raises(InferenceServerException, match="bearer token"):
+                client.infer(manifest.name, [inp])
+            result = client.infer(manifest.name, [inp], headers=AUTH)
+            assert result.as_numpy("probabilities").shape == (2, len(manifest.labels))
+        finally:
+            client.close()

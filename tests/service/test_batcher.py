@@ -156,6 +156,19 @@ def test_expired_requests_get_504_and_are_not_executed() -> None:
     run(test)
 
 
+def test_a_stuck_batch_leaves_no_request_hanging() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()  # the session hangs
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="answer abandoned"):
+            await b.submit(rows(1), deadline=soon(0.05))
+        assert 0.1 < time.monotonic() - started < 2
+        model.gate.set()  # it comes back: the level serves again
+        assert (await b.submit(rows(1, 2), deadline=soon())).batch_size == 1
+
+    run(test, max_overrun_s=0.1)
+
+
 def test_an_already_expired_request_never_runs() -> None:
     async def test(b: Batcher, model: Model) -> None:
         with pytest.raises(DeadlineExceeded):

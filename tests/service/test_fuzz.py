@@ -5,6 +5,7 @@ junk. Whatever arrives, the answer is a 200 or a 4xx with `{"error": ...}` (or t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,7 @@ def check(r: Any, kind: str) -> None:
 def assert_bounded_and_varied(kind: str) -> None:
     """The cases ran (bounded), and both answers were reached: some succeeded, some were refused."""
     statuses = tried[kind]
+    print(f"\n{kind}: {len(statuses)} cases, statuses {dict(sorted(Counter(statuses).items()))}")
     assert CASES // 2 <= len(statuses) <= CASES * 2 and {200, 400} <= set(statuses), sorted(set(statuses))
 
 

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from service_helpers import live_server, make_settings, sample_inputs, wait_ready
+from service_helpers import live_server, make_settings, sample_inputs
 from tritonclient.utils import InferenceServerException
 
 from export.manifest import Manifest
@@ -172,44 +167,3 @@ def test_full_queue_gets_503_and_late_requests_504(bundle_path: Path, manifest: 
     assert statuses == [200, 200, 503]
     rejected = next(r for r in responses if r.status_code == 503)
     assert int(rejected.headers["retry-after"]) >= 1 and "queue full" in rejected.json()["error"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_serve_runs_until_sigterm_and_exits_cleanly(bundle_path: Path, manifest: Manifest) -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CIRCUITSERVE_BUNDLES": f'["{bundle_path}"]',
-        "CIRCUITSERVE_PORT": str(port),
-        "CIRCUITSERVE_PROVIDER": "cpu",
-        "CIRCUITSERVE_LOG_LEVEL": "warning",
-    }
-    code = "from service.app import serve; from service.settings import Settings; serve(Settings())"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    wait_ready(http.get, timeout_s=60)
-                    break
-                except httpx.TransportError:
-                    assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-                    time.sleep(0.1)
-            r = http.post(
-                f"/v1/models/{manifest.name}/predict", json={"inputs": sample_inputs(manifest, 1).tolist()}
-            )
-            assert r.status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -1,11 +1,13 @@
-"""Overload on loopback, bounded in time: a real server process whose model takes 20 ms a batch
-(about 200 samples/s) under closed-loop load from CLIENTS connections for LOAD_S seconds.
+"""Overload on loopback, bounded in time: a real server process whose model takes 20 ms a batch of
+at most 4 (200 samples/s at best) under closed-loop load from CLIENTS connections for LOAD_S seconds
+(thousands of requests a second: RawClient, not httpx, so the load generator is not the bottleneck).
 Every request gets 200, 429, 503 or 504; none is lost or hangs; the health endpoints answer 200
 throughout; resident memory stays flat. The figures are printed (pytest -s) for the record."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
-from service_helpers import SLOW, child_server
+from service_helpers import SLOW, RawClient, child_server
 
 from export.manifest import Manifest
 
@@ -22,7 +24,9 @@ CLIENTS = 96
 LOAD_S = 8.0
 WARM_S = 2.0  # memory is measured from the end of this first part of the load
 BATCH_MS = 20
-MAX_RSS_GROWTH = 24 << 20  # bytes; a leak of ~5 KB per request over the run would pass it
+# bytes, from the end of the warm-up to the end (~20k requests here): the recent-stats window grows by
+# ~130 B a request (bounded: service.stats); a leak of ~1 KB per request fails this
+MAX_RSS_GROWTH = 16 << 20
 SETTINGS = {
     "max_batch_size": 4,
     "max_queue_size": 32,
@@ -32,17 +36,17 @@ SETTINGS = {
 }
 
 
-async def client(
-    http: httpx.AsyncClient, url: str, body: dict[str, Any], until: float, seen: Counter[Any]
-) -> None:
+async def client(raw: RawClient, request: bytes, until: float, seen: Counter[Any]) -> None:
     while time.monotonic() < until:
         try:
-            r = await http.post(url, json=body)
-            seen[r.status_code] += 1
-            if r.status_code != 200:
-                assert set(r.json()) == {"error", "request_id"}, r.text
-        except httpx.HTTPError as exc:  # lost (connection dropped) or hanging (client timeout)
+            status, body = await asyncio.wait_for(raw.send(request), 10)
+            seen[status] += 1
+            if status != 200:
+                assert set(json.loads(body)) == {"error", "request_id"}, body
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:  # lost, or hanging
             seen[type(exc).__name__] += 1
+            await raw.close()
+    await raw.close()
 
 
 async def probe(http: httpx.AsyncClient, until: float, seen: Counter[Any], worst: list[float]) -> None:
@@ -66,21 +70,20 @@ async def overload(url: str, pid: int, manifest: Manifest) -> dict[str, Any]:
     health: Counter[Any] = Counter()
     worst = [0.0]
     process = psutil.Process(pid)
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as http,
-        httpx.AsyncClient(base_url=url, timeout=2) as probes,
-    ):
+    host, port = url.removeprefix("http://").split(":")
+    request = RawClient.post(path, body)
+    async with httpx.AsyncClient(base_url=url, timeout=2) as probes:
         start = time.monotonic()
         until = start + LOAD_S
-        tasks = [asyncio.create_task(client(http, path, body, until, seen)) for _ in range(CLIENTS)]
-        tasks.append(asyncio.create_task(probe(probes, until, health, worst)))
+        tasks = [client(RawClient(host, int(port)), request, until, seen) for _ in range(CLIENTS)]
+        tasks.append(probe(probes, until, health, worst))
+        running = asyncio.gather(*tasks)
         await asyncio.sleep(WARM_S)
         rss_warm, done_warm = process.memory_info().rss, sum(seen.values())
-        await asyncio.gather(*tasks)
+        await running
         elapsed = time.monotonic() - start
         rss_end = process.memory_info().rss
-        after = await http.post(path, json={**body, "inputs": np.zeros((1, 8, 8)).tolist()})
+        after = await probes.post(path, json={**body, "inputs": np.zeros((1, 8, 8)).tolist()})
     return {
         "statuses": seen,
         "health": health,
@@ -109,7 +112,7 @@ def test_overload_sheds_answers_everyone_and_stays_flat(
     )
     assert set(statuses) <= {200, 429, 503, 504}, statuses  # nothing lost, nothing hanging, no 500
     assert statuses[200] > 0 and statuses[200] < total / 2, statuses  # served at capacity, shed the rest
-    assert statuses[429] + statuses[503] + statuses[504] > total / 2
+    assert statuses[429] > 0 and statuses[503] > 0  # both sheds: in-flight limit, full queue
     assert set(out["health"]) <= {("/v2/health/live", 200), ("/v2/health/ready", 200)}, out["health"]
     assert sum(out["health"].values()) >= 2 * LOAD_S * 3  # answered throughout, not once at the end
     assert out["rss_growth"] < MAX_RSS_GROWTH, out

@@ -28,7 +28,9 @@ def test_every_level_answers_as_its_graph(trained_bundle: Path, served: str) -> 
     x = load_dataset("digits").test.x[:16]
     client = triton.InferenceServerClient(served)
     for level in manifest.levels:
-        expected = ort.InferenceSession(str(trained_bundle / level.file)).run(["probabilities"], {"input": x})[0]
+        expected = ort.InferenceSession(str(trained_bundle / level.file)).run(
+            ["probabilities"], {"input": x}
+        )[0]
         for binary in (True, False):
             inp = triton.InferInput("input", list(x.shape), "FP32")
             inp.set_data_from_numpy(x, binary_data=binary)
