@@ -3,6 +3,8 @@ them, so `serve` and `inspect` run on the base install."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,13 +37,22 @@ def parse_levels(text: str) -> list[Fraction]:
     return levels
 
 
-def _need_train_extra() -> None:
+@contextmanager
+def user_errors(*errors: type[Exception], prefix: str = "error") -> Iterator[None]:
+    """Expected failures (bad data, bad bundle, bad settings) end the command with one clear line
+    and exit status 2, not a traceback."""
     try:
+        yield
+    except errors as exc:
+        typer.echo(f"{prefix}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _need_train_extra() -> None:
+    needs = "this command needs the train extra (pip install 'circuitserve[train]')"
+    with user_errors(ImportError, prefix=needs):
         import onnx  # noqa: F401
         import torch  # noqa: F401
-    except ImportError as exc:
-        typer.echo(f"this command needs the train extra: pip install 'circuitserve[train]' ({exc})", err=True)
-        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -70,11 +81,8 @@ def train(
         sparsity_aware=sparsity_aware,
         levels=[float(f) for f in parse_levels(levels)],
     )
-    try:
+    with user_errors(DatasetError):
         _, meta = run_training(cfg, out)
-    except DatasetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     typer.echo(f"checkpoint written to {out} ({meta['train_seconds']} s)")
     typer.echo(format_results(meta["test_accuracy"]))
 
@@ -92,13 +100,10 @@ def export(
     """Export one ONNX graph per level with a measured profile into a bundle directory."""
     _need_train_extra()
     from export.build import ExportError, export_bundle
-
-    try:
-        manifest = export_bundle(checkpoint, out, parse_levels(levels), name=name, ranking=ranking)
-    except (ExportError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     from export.inspect import format_levels
+
+    with user_errors(ExportError, FileNotFoundError):
+        manifest = export_bundle(checkpoint, out, parse_levels(levels), name=name, ranking=ranking)
 
     typer.echo(f"bundle written to {out}")
     typer.echo(format_levels(manifest))
@@ -110,11 +115,8 @@ def inspect(bundle: Annotated[Path, typer.Argument(help="bundle directory")]) ->
     from export.inspect import format_levels
     from export.manifest import BundleError, load_bundle
 
-    try:
+    with user_errors(BundleError):
         typer.echo(format_levels(load_bundle(bundle)))
-    except BundleError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
 
 
 def ensure_default_bundle() -> Path:
@@ -147,18 +149,12 @@ def serve(
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if bundles:
         overrides["bundles"] = bundles
-    try:
+    with user_errors(ValidationError, prefix="error: invalid settings"):
         settings = Settings(**overrides)
-    except ValidationError as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
     if not settings.bundles:
         settings = settings.model_copy(update={"bundles": [ensure_default_bundle()]})
-    try:
+    with user_errors(StartupError, prefix="error: cannot serve"):
         run_server(settings)
-    except StartupError as exc:
-        typer.echo(f"error: cannot serve: {exc}", err=True)
-        raise typer.Exit(2) from exc
 
 
 @app.command()
