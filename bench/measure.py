@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import resource
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import load
-from bench.plan import Plan
-from bench.servers import Server
+from bench.plan import SERVER, Plan
+from bench.servers import Server, circuitserve
 
 Body = dict[str, Any]
 
@@ -38,6 +40,11 @@ def circuitserve_api(model: str, **params: Any) -> Api:
 
 LITSERVE = Api("litserve", "/predict", lambda ex: {"input": ex})
 BENTOML = Api("bentoml", "/predict", lambda ex: {"input": [ex]})  # a batch of one, split on axis 0
+
+
+def our_server(bundle: Path, log_dir: Path) -> AbstractContextManager[Server]:
+    """circuitserve serving `bundle` with the bench's settings (bench.plan.SERVER)."""
+    return circuitserve([bundle], log_dir, **SERVER.as_dict())
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.measure import circuitserve_api, closed, summary
-from bench.plan import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, Plan
-from bench.servers import circuitserve
+from bench.measure import circuitserve_api, closed, our_server, summary
+from bench.plan import SERVER, Plan
 from export.manifest import Manifest
 from export.profile import cpu_session
 
@@ -60,29 +59,30 @@ def run_overhead(
     plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, log_dir: Path
 ) -> dict[str, object]:
     full = manifest.sorted_levels()[0]
-    threads = manifest.profile.intra_op_threads
+    threads = SERVER.intra_op_threads
     api = circuitserve_api(manifest.name)  # no budget: the server's default level, the full one
     runs = {}
-    with circuitserve(
-        [bundle], log_dir, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_ms=MAX_QUEUE_DELAY_MS
-    ) as server:
+    with our_server(bundle, log_dir) as server:
         target = api.target(server, examples)
         for c in plan.concurrencies:
             runs[c] = closed(server, target, c, plan, keep_bodies=True)
     out: dict[str, object] = {
         "model": manifest.name,
         "level": full.name,
-        "intra_op_threads": threads,
-        "max_batch_size": MAX_BATCH_SIZE,
-        "max_queue_delay_ms": MAX_QUEUE_DELAY_MS,
+        **SERVER.as_dict(),
+        "all_cores_threads": manifest.profile.intra_op_threads,
     }
     for c, run in runs.items():
         sizes = batches_formed([r.body for r in run.ok if r.body is not None]) or [1]
-        raw = raw_onnxruntime(bundle / full.file, manifest.input.shape[1:], sizes, plan.load_s, threads)
+        shape, path = manifest.input.shape[1:], bundle / full.file
+        raw = raw_onnxruntime(path, shape, sizes, plan.load_s, threads)
+        # the same batches on every core, whatever the server uses: for reference
+        all_cores = raw_onnxruntime(path, shape, sizes, plan.load_s / 2, manifest.profile.intra_op_threads)
         ours = summary(run)
         out[f"c{c}"] = {
             "server": ours,
             "raw_onnxruntime": raw,
+            "raw_onnxruntime_all_cores": all_cores,
             "mean_batch_size": round(float(np.mean(sizes)), 2),
             "throughput_ratio": round(ours["throughput_rps"] / raw["throughput_rps"], 4),
         }

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 from bench import load
-from bench.measure import circuitserve_api, closed, summary
-from bench.plan import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, Plan
-from bench.servers import circuitserve
+from bench.measure import circuitserve_api, closed, our_server, summary
+from bench.plan import Plan
 from export.manifest import Manifest
 
 CAPACITY_CONCURRENCY = 64
@@ -80,12 +79,8 @@ def run_overload(
         "modules": full.modules,
         "budget_ms": budget,
         "level_accuracy": accuracy,
-        "max_batch_size": MAX_BATCH_SIZE,
-        "max_queue_delay_ms": MAX_QUEUE_DELAY_MS,
     }
-    with circuitserve(
-        [bundle], log_dir, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_ms=MAX_QUEUE_DELAY_MS
-    ) as server:
+    with our_server(bundle, log_dir) as server:
         # capacity: closed-loop saturation of the full level, no deadline
         pinned = circuitserve_api(manifest.name, sparsity_level=full.name)
         cap = closed(server, pinned.target(server, examples), CAPACITY_CONCURRENCY, plan)

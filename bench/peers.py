@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.measure import BENTOML, LITSERVE, Api, circuitserve_api, closed, summary
-from bench.plan import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, Plan
-from bench.servers import Server, ServerError, circuitserve, free_port, process
+from bench.measure import BENTOML, LITSERVE, Api, circuitserve_api, closed, our_server, summary
+from bench.plan import SERVER, Plan
+from bench.servers import Server, ServerError, free_port, process
 from export.manifest import Manifest
 
 PEERS_DIR = Path(__file__).resolve().parent / "peer_apps"
@@ -65,19 +65,19 @@ def installed(python: Path | None, module: str) -> bool:
     return done.returncode == 0
 
 
-def _peer_env(onnx: Path, threads: int, cache: Path) -> dict[str, str]:
+def _peer_env(onnx: Path, cache: Path) -> dict[str, str]:
     return {
         "BENCH_ONNX": str(onnx),
-        "BENCH_INTRA_OP_THREADS": str(threads),
-        "BENCH_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
-        "BENCH_MAX_DELAY_MS": str(MAX_QUEUE_DELAY_MS),
+        "BENCH_INTRA_OP_THREADS": str(SERVER.intra_op_threads),
+        "BENCH_MAX_BATCH_SIZE": str(SERVER.max_batch_size),
+        "BENCH_MAX_DELAY_MS": str(SERVER.max_queue_delay_ms),
         "BENTOML_HOME": str(cache / "bentoml-home"),
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONPATH": str(PEERS_DIR),
     }
 
 
-def launcher(peer: Peer, python: Path, onnx: Path, threads: int, cache: Path, log_dir: Path) -> Launcher:
+def launcher(peer: Peer, python: Path, onnx: Path, cache: Path, log_dir: Path) -> Launcher:
     @contextmanager
     def start() -> Iterator[Server]:
         port = free_port()
@@ -87,7 +87,7 @@ def launcher(peer: Peer, python: Path, onnx: Path, threads: int, cache: Path, lo
             bentoml = str(python.parent / "bentoml")
             cmd = [bentoml, "serve", "bentoml_service:OnnxLevel", "--host", "127.0.0.1", "--port", str(port)]
             health = "/readyz"
-        env = _peer_env(onnx, threads, cache)
+        env = _peer_env(onnx, cache)
         with process(
             peer.name, cmd, port=port, health_path=health, log_dir=log_dir, env=env, cwd=PEERS_DIR
         ) as server:
@@ -134,13 +134,13 @@ def run_peers(
 ) -> dict[str, Any]:
     python = peers_python(cache)
     full = manifest.sorted_levels()[0]
-    threads = manifest.profile.intra_op_threads
     out: dict[str, Any] = {
         "model": manifest.name,
         "level": full.name,
         "rounds": plan.peer_rounds,
-        "max_batch_size": MAX_BATCH_SIZE,
-        "batch_delay_ms": MAX_QUEUE_DELAY_MS,
+        "max_batch_size": SERVER.max_batch_size,
+        "batch_delay_ms": SERVER.max_queue_delay_ms,
+        "intra_op_threads": SERVER.intra_op_threads,
     }
     active: list[Peer] = []
     for peer in PEERS:
@@ -151,9 +151,7 @@ def run_peers(
     if not active or python is None:
         return out
 
-    ours: Launcher = lambda: circuitserve(  # noqa: E731
-        [bundle], log_dir, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_ms=MAX_QUEUE_DELAY_MS
-    )
+    ours: Launcher = lambda: our_server(bundle, log_dir)  # noqa: E731
     our_api = circuitserve_api(manifest.name)
     pairs: dict[str, list[tuple[dict[int, Figures], dict[int, Figures]]]] = {}
     failed: dict[str, str] = {}
@@ -164,7 +162,7 @@ def run_peers(
             _log(f"peers round {r + 1}/{plan.peer_rounds}: {peer.name}, then circuitserve")
             try:
                 theirs = _measure(
-                    launcher(peer, python, bundle / full.file, threads, cache, log_dir),
+                    launcher(peer, python, bundle / full.file, cache, log_dir),
                     peer.api,
                     examples,
                     plan,

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from bench.build import BundleSpec
 
-# The server's batching, shared by every server in the bench (peers get the same numbers).
-MAX_BATCH_SIZE = 64
-MAX_QUEUE_DELAY_MS = 2.0
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """circuitserve's settings in every section (CIRCUITSERVE_* variables); the peers get the same
+    batch limit, batching delay and onnxruntime threads."""
+
+    max_batch_size: int = 64
+    max_queue_delay_ms: float = 2.0
+    # One onnxruntime thread per session: measured best on this 2-core machine for the server (a
+    # second intra-op thread spins between batches on the core that the HTTP side needs).
+    intra_op_threads: int = 1
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+SERVER = ServerSettings()
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,7 @@ def process(
 
 
 @contextmanager
-def circuitserve(
-    bundles: Sequence[Path], log_dir: Path, name: str = "circuitserve", **settings: object
-) -> Iterator[Server]:
+def circuitserve(bundles: Sequence[Path], log_dir: Path, **settings: object) -> Iterator[Server]:
     """`circuitserve serve BUNDLE...` from this Python environment; `settings` become CIRCUITSERVE_*
     environment variables (e.g. max_batch_size=64)."""
     port = free_port()
@@ -125,5 +123,6 @@ def circuitserve(
     env.setdefault("CIRCUITSERVE_DRAIN_TIMEOUT_S", "2")
     cmd = [sys.executable, "-c", "from service.cli import app; app()", "serve", *map(str, bundles)]
     cmd += ["--host", HOST, "--port", str(port)]
-    with process(name, cmd, port=port, health_path="/v2/health/ready", log_dir=log_dir, env=env) as server:
+    ready = "/v2/health/ready"
+    with process("circuitserve", cmd, port=port, health_path=ready, log_dir=log_dir, env=env) as server:
         yield server

@@ -15,6 +15,7 @@ from model.nac import Frozen
 from model.train import load_checkpoint
 from service.cli import app
 
+
 @pytest.fixture
 def tiny_ckpt(trained_checkpoint):
     return trained_checkpoint
