@@ -18,7 +18,7 @@ BATCHES = (1, 128)
 
 def _by_level_name(accuracies: dict[str, float]) -> dict[str, float]:
     """The checkpoint's accuracy table ({"1": .., "1/2": ..}) keyed by level name ("full", "1/2")."""
-    return {level_name(Fraction(k).limit_denominator(1024)): v for k, v in accuracies.items()}
+    return {level_name(Fraction(k).limit_denominator(1024)): round(v, 4) for k, v in accuracies.items()}
 
 
 def random_order_accuracy(spec: BundleSpec, cache: Path, export: bool) -> tuple[dict[str, float], str]:
@@ -68,6 +68,7 @@ def run_dataset(plan: Plan, spec: BundleSpec, cache: Path) -> tuple[dict[str, An
         "preset": meta["train_config"].get("preset") or "(dataset default)",
         "modules": full.modules,
         "epochs": meta["train_config"]["epochs"],
+        "onnxruntime_threads": manifest.profile.intra_op_threads,
         "train_seconds": meta["train_seconds"],
         "random_order_source": random_source,
         "plain_training_source": "checkpoint (torch), trained on the full model only, same epochs",

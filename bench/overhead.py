@@ -2,7 +2,8 @@
 onnxruntime running the same level file, with the same thread settings, on the batch sizes the
 server's batcher actually formed (the physical limit on this machine).
 
-The server runs alone while it is measured; raw onnxruntime runs after it has stopped."""
+The server runs alone while it is measured; raw onnxruntime runs right after each of its runs,
+in the bench's own process, while the server idles."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import load
 from bench.measure import circuitserve_api, closed, our_server, summary
 from bench.plan import SERVER, Plan
 from export.manifest import Manifest
@@ -55,35 +57,37 @@ def raw_onnxruntime(
     }
 
 
+def _compare(plan: Plan, run: load.Run, path: Path, shape: list[int], all_cores: int) -> dict[str, object]:
+    """One concurrency: the server's run beside raw onnxruntime on the batches the server formed."""
+    sizes = batches_formed([r.body for r in run.ok if r.body is not None]) or [1]
+    raw = raw_onnxruntime(path, shape, sizes, plan.load_s, SERVER.intra_op_threads)
+    ours = summary(run)
+    return {
+        "server": ours,
+        "raw_onnxruntime": raw,
+        # the same batches on every core, whatever the server uses: for reference
+        "raw_onnxruntime_all_cores": raw_onnxruntime(path, shape, sizes, plan.load_s / 2, all_cores),
+        "mean_batch_size": round(float(np.mean(sizes)), 2),
+        "throughput_ratio": round(ours["throughput_rps"] / raw["throughput_rps"], 4),
+    }
+
+
 def run_overhead(
     plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, log_dir: Path
 ) -> dict[str, object]:
     full = manifest.sorted_levels()[0]
-    threads = SERVER.intra_op_threads
-    api = circuitserve_api(manifest.name)  # no budget: the server's default level, the full one
-    runs = {}
-    with our_server(bundle, log_dir) as server:
-        target = api.target(server, examples)
-        for c in plan.concurrencies:
-            runs[c] = closed(server, target, c, plan, keep_bodies=True)
+    all_cores = manifest.profile.intra_op_threads
     out: dict[str, object] = {
         "model": manifest.name,
         "level": full.name,
         **SERVER.as_dict(),
-        "all_cores_threads": manifest.profile.intra_op_threads,
+        "all_cores_threads": all_cores,
     }
-    for c, run in runs.items():
-        sizes = batches_formed([r.body for r in run.ok if r.body is not None]) or [1]
-        shape, path = manifest.input.shape[1:], bundle / full.file
-        raw = raw_onnxruntime(path, shape, sizes, plan.load_s, threads)
-        # the same batches on every core, whatever the server uses: for reference
-        all_cores = raw_onnxruntime(path, shape, sizes, plan.load_s / 2, manifest.profile.intra_op_threads)
-        ours = summary(run)
-        out[f"c{c}"] = {
-            "server": ours,
-            "raw_onnxruntime": raw,
-            "raw_onnxruntime_all_cores": all_cores,
-            "mean_batch_size": round(float(np.mean(sizes)), 2),
-            "throughput_ratio": round(ours["throughput_rps"] / raw["throughput_rps"], 4),
-        }
+    api = circuitserve_api(manifest.name)  # no budget: the server's default level, the full one
+    with our_server(bundle, log_dir) as server:
+        target = api.target(server, examples)
+        for c in plan.concurrencies:
+            run = closed(server, target, c, plan, keep_bodies=True)
+            # raw onnxruntime right after, while the server idles: both see the same machine
+            out[f"c{c}"] = _compare(plan, run, bundle / full.file, manifest.input.shape[1:], all_cores)
     return out

@@ -1,5 +1,5 @@
-"""report.json (every figure under a stable key), the targets of issue 5 judged from it, the plots,
-and REPORT.md, all generated: nothing in them is written by hand."""
+"""report.json (every figure under a stable key), the targets of issue 5 judged from it, the plots
+(bench/plots.py) and REPORT.md (bench/markdown.py), all generated: nothing in them is written by hand."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import onnxruntime as ort
 
-from bench import plots
-from bench.plan import Plan
+from bench import markdown, plots
+from bench.plan import SERVER, Plan
 
 JSON_FILE, MARKDOWN_FILE = "report.json", "REPORT.md"
 SCHEMA_VERSION = 1
@@ -66,6 +66,7 @@ def meta(
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "section_seconds": seconds,
+        "server_settings": SERVER.as_dict(),
         "durations": {
             "closed_loop_s": plan.load_s,
             "closed_loop_warmup_s": plan.warmup_s,
@@ -167,270 +168,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-# ---------------------------------------------------------------------------------------------
-# markdown
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
-    return str(v)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return [*lines, ""]
-
-
-def _levels_md(r: dict[str, Any]) -> list[str]:
-    lines = ["## 1. Levels: accuracy against compute", ""]
-    for ds, table in r["levels"].items():
-        m = r["models"][ds]
-        lines += [
-            f"**{ds}** ({m['modules']} modules, preset {m['preset']}, {m['epochs']} epochs). Random order: "
-            f"{m['random_order_source']}. Plain training: {m['plain_training_source']}.",
-            "",
-        ]
-        rows = [
-            [
-                name,
-                lv["modules"],
-                lv["accuracy"],
-                lv["accuracy_random_order"],
-                lv["accuracy_plain_training"],
-                lv["latency_ms_b1"],
-                lv["latency_ms_b128"],
-                lv["speedup_b1"],
-                lv["speedup_b128"],
-            ]
-            for name, lv in table.items()
-        ]
-        lines += _table(
-            [
-                "level",
-                "modules",
-                "accuracy",
-                "random order",
-                "plain training",
-                "ms @1",
-                "ms @128",
-                "speedup @1",
-                "speedup @128",
-            ],
-            rows,
-        )
-    return lines
-
-
-def _overhead_md(r: dict[str, Any]) -> list[str]:
-    lines = ["## 2. Serving overhead: circuitserve against raw onnxruntime", ""]
-    for name, o in r["overhead"].items():
-        lines += [
-            f"**{name} model** ({o['model']}, level {o['level']}, {o['intra_op_threads']} onnxruntime "
-            f"threads, max batch {o['max_batch_size']}, max queue delay {o['max_queue_delay_ms']} ms)",
-            "",
-        ]
-        rows = []
-        for key, c in o.items():
-            if not key.startswith("c") or not isinstance(c, dict):
-                continue
-            s, raw = c["server"], c["raw_onnxruntime"]
-            rows.append(
-                [
-                    key[1:],
-                    s["throughput_rps"],
-                    s["p50_ms"],
-                    s["p99_ms"],
-                    c["mean_batch_size"],
-                    raw["throughput_rps"],
-                    raw["p50_ms"],
-                    raw["p99_ms"],
-                    c["throughput_ratio"],
-                    s.get("server_cores"),
-                    s.get("client_cores"),
-                ]
-            )
-        lines += _table(
-            [
-                "concurrency",
-                "server req/s",
-                "p50 ms",
-                "p99 ms",
-                "mean batch",
-                "raw ORT samples/s",
-                "raw p50 ms",
-                "raw p99 ms",
-                "ratio",
-                "server cores",
-                "generator cores",
-            ],
-            rows,
-        )
-    return lines
-
-
-def _peers_md(r: dict[str, Any]) -> list[str]:
-    p = r["peers"]
-    lines = [
-        "## 3. Peers: the same level file behind LitServe and BentoML",
-        "",
-        f"Model {p['model']}, level {p['level']}; every server batches up to {p['max_batch_size']} "
-        f"(LitServe and circuitserve wait up to {p['batch_delay_ms']} ms for a batch to fill, BentoML's "
-        f"adaptive batcher chooses its own wait); {p['rounds']} interleaved round(s), medians over the "
-        "pairs; ratio = circuitserve / peer, per pair.",
-        "",
-    ]
-    for name in ("litserve", "bentoml"):
-        entry = p.get(name, {"status": "not run"})
-        if entry.get("status") != "ok":
-            lines += [f"**{name}**: {entry.get('status')}", ""]
-            continue
-        rows = [
-            [
-                key[1:],
-                v["throughput_rps"],
-                v["p50_ms"],
-                v["p99_ms"],
-                v["circuitserve_throughput_rps"],
-                v["circuitserve_p99_ms"],
-                v["throughput_ratio"],
-            ]
-            for key, v in entry.items()
-            if key.startswith("c") and isinstance(v, dict)
-        ]
-        lines += [f"**{name}**", ""]
-        lines += _table(
-            [
-                "concurrency",
-                f"{name} req/s",
-                "p50 ms",
-                "p99 ms",
-                "circuitserve req/s",
-                "circuitserve p99 ms",
-                "ratio",
-            ],
-            rows,
-        )
-    return lines
-
-
-def _overload_md(r: dict[str, Any]) -> list[str]:
-    o = r["overload"]
-    cap = o["capacity"]
-    lines = [
-        "## 4. Overload: open loop at multiples of the full level's capacity",
-        "",
-        f"Model {o['model']} (preset {o['preset']}, {o['modules']} modules: compute-bound here; trained for "
-        "few epochs, so its accuracy is not the point). Capacity of the full level: "
-        f"{cap['throughput_rps']:.0f} requests/s (closed loop, concurrency {cap['concurrency']}). "
-        "Every request carries a "
-        f"{o['budget_ms']:.0f} ms budget (adaptive) or is pinned to the full level (full only), both with a "
-        f"{o['budget_ms']:.0f} ms timeout. Level accuracy: {o['level_accuracy']}.",
-        "",
-    ]
-    rows = []
-    for key, phase in o.items():
-        if not (key.startswith("x") and isinstance(phase, dict)):
-            continue
-        a, f = phase["adaptive"], phase["full_only"]
-        mix = ", ".join(f"{lv} {share:.0%}" for lv, share in a["level_mix"].items())
-        rows.append(
-            [
-                key,
-                a["offered_rps"],
-                a["within_budget"],
-                a["expected_accuracy"],
-                a["effective_accuracy"],
-                mix,
-                a["p99_ms"],
-                f["within_budget"],
-                f["expected_accuracy"],
-                f["effective_accuracy"],
-            ]
-        )
-    lines += _table(
-        [
-            "load",
-            "offered req/s",
-            "adaptive: within budget",
-            "expected acc",
-            "effective acc",
-            "level mix",
-            "p99 ms",
-            "full only: within budget",
-            "expected acc",
-            "effective acc",
-        ],
-        rows,
-    )
-    lines += [
-        "Effective accuracy: expected correct answers delivered within the budget, per request sent.",
-        "",
-    ]
-    return lines
-
-
-def _targets_md(r: dict[str, Any]) -> list[str]:
-    mark = {True: "reached", False: "**not reached**", None: "not measured"}
-    rows = [[t["target"], t["goal"], t["measured"], mark[t["reached"]]] for t in r["targets"]]
-    return ["## Targets", "", *_table(["target", "goal", "measured", ""], rows)]
-
-
-def _closing_md(r: dict[str, Any]) -> list[str]:
-    lines = ["## Closing note", ""]
-    missed = [t for t in r["targets"] if t["reached"] is not True]
-    if not missed:
-        lines += ["Every target was reached in this run.", ""]
-    for t in missed:
-        lines += [
-            f"- **{t['target']}** ({'not measured' if t['reached'] is None else 'not reached'}): {t['why']}."
-        ]
-    m = r["meta"]
-    lines += [
-        "",
-        f"The machine is shared: load average {m['load_average_before']} before the run, "
-        f"{m['load_average_after']} after. The load generator runs on the same cores as the server under "
-        "test (loopback only), for every server alike.",
-        "",
-    ]
-    return lines
-
-
-def markdown(r: dict[str, Any], images: dict[str, str]) -> str:
-    m = r["meta"]
-    lines = [
-        "# circuitserve benchmarks",
-        "",
-        f"Generated by `{m['command']}` on {m['date']} ({m['code_version']}); do not edit: rerun the "
-        f"command. Machine: {m['machine']}, Python {m['python']}, onnxruntime {m['onnxruntime']}. "
-        f"Every figure is in [report.json]({JSON_FILE}). Section wall times (s): {m['section_seconds']}.",
-        "",
-        *_targets_md(r),
-    ]
-    sections = (
-        (_levels_md, "levels"),
-        (_overhead_md, "overhead"),
-        (_peers_md, "peers"),
-        (_overload_md, "overload"),
-    )
-    for render, key in sections:
-        lines += render(r)
-        if key in images:
-            lines += [f"![{key}]({images[key]})", ""]
-    lines += _closing_md(r)
-    return "\n".join(lines)
-
-
 def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
     """Judge the targets, draw the plots, write report.json and REPORT.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     final = _finite({**results, "targets": targets(results)})
     (out / JSON_FILE).write_text(json.dumps(final, indent=2, allow_nan=False) + "\n")
     images = plots.draw(final, out)
-    (out / MARKDOWN_FILE).write_text(markdown(final, images))
+    (out / MARKDOWN_FILE).write_text(markdown.render(final, images))
     return final
 
 

@@ -44,6 +44,16 @@ def sample_inputs(manifest: Manifest, n: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((n, *manifest.input.shape[1:])).astype(np.float32)
 
 
+def v2_tensor(manifest: Manifest, x: np.ndarray) -> dict[str, Any]:
+    """One v2 JSON input tensor holding `x`."""
+    return {
+        "name": manifest.input.name,
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "data": x.ravel().tolist(),
+    }
+
+
 def wait_ready(get: Any, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
-from service_helpers import asgi_client, live_server, make_settings, sample_inputs, wait_ready
+from service_helpers import asgi_client, live_server, make_settings, sample_inputs, v2_tensor, wait_ready
 from tritonclient.utils import InferenceServerException
 
 from export.manifest import Manifest
@@ -31,12 +31,7 @@ def locked(bundle_path: Path) -> Iterator[TestClient]:
 
 def guarded_calls(manifest: Manifest) -> list[tuple[str, str, dict[str, Any] | None]]:
     x = sample_inputs(manifest, 1)
-    tensor = {
-        "name": manifest.input.name,
-        "shape": list(x.shape),
-        "datatype": "FP32",
-        "data": x.ravel().tolist(),
-    }
+    tensor = v2_tensor(manifest, x)
     m = manifest.name
     return [
         ("POST", f"/v1/models/{m}/predict", {"inputs": x.tolist()}),
@@ -106,12 +101,7 @@ def test_request_ids_are_taken_or_made_and_returned(client: TestClient, manifest
         f"/v1/models/{manifest.name}/predict", json={"inputs": x.tolist()}, headers={"X-Request-ID": "abc-1"}
     )
     assert r.headers["x-request-id"] == "abc-1" and r.json()["request_id"] == "abc-1"
-    tensor = {
-        "name": manifest.input.name,
-        "shape": list(x.shape),
-        "datatype": "FP32",
-        "data": x.ravel().tolist(),
-    }
+    tensor = v2_tensor(manifest, x)
     url = f"/v2/models/{manifest.name}/infer"
     r = client.post(url, json={"inputs": [tensor]}, headers={"X-Request-ID": "trace:42/a"})
     body = r.json()

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import metric, sample_inputs
+from service_helpers import metric, sample_inputs, v2_tensor
 
 from export.manifest import Manifest
 
@@ -148,24 +148,14 @@ def test_v2_bad_inputs(
     client: TestClient, manifest: Manifest, change: dict[str, Any], status: int, message: str
 ) -> None:
     x = sample_inputs(manifest, 1)
-    tensor = {
-        "name": manifest.input.name,
-        "shape": list(x.shape),
-        "datatype": "FP32",
-        "data": x.ravel().tolist(),
-    }
+    tensor = v2_tensor(manifest, x)
     r = client.post(f"/v2/models/{manifest.name}/infer", json={"inputs": [{**tensor, **change}]})
     assert r.status_code == status and message in r.json()["error"], r.text
 
 
 def test_v2_wrong_version_output_and_budget(client: TestClient, manifest: Manifest) -> None:
     x = sample_inputs(manifest, 1)
-    tensor = {
-        "name": manifest.input.name,
-        "shape": list(x.shape),
-        "datatype": "FP32",
-        "data": x.ravel().tolist(),
-    }
+    tensor = v2_tensor(manifest, x)
     r = client.post(f"/v2/models/{manifest.name}/versions/999/infer", json={"inputs": [tensor]})
     assert r.status_code == 404
     r = client.post(
@@ -181,12 +171,7 @@ def test_v2_wrong_version_output_and_budget(client: TestClient, manifest: Manife
 def test_expired_deadline_gets_504_and_is_not_executed(client: TestClient, manifest: Manifest) -> None:
     before = metric(client, "circuitserve_inferred_samples_total", model=manifest.name, level="1/8")
     x = sample_inputs(manifest, 1)
-    tensor = {
-        "name": manifest.input.name,
-        "shape": list(x.shape),
-        "datatype": "FP32",
-        "data": x.ravel().tolist(),
-    }
+    tensor = v2_tensor(manifest, x)
     doc = {"inputs": [tensor], "parameters": {"sparsity_level": "1/8", "timeout": 1}}  # 1 µs
     r = client.post(f"/v2/models/{manifest.name}/infer", json=doc)
     assert r.status_code == 504 and "deadline" in r.json()["error"]

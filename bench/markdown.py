@@ -1,0 +1,252 @@
+"""REPORT.md, rendered from report.json's figures only."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[str, Row], Any]]  # header, (key, item) -> cell
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4f}" if abs(v) < 1 else f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
+    return str(v)
+
+
+def table(columns: list[Column], items: Iterable[tuple[str, Row]]) -> list[str]:
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(get(k, v)) for _, get in columns) + " |" for k, v in items]
+    return [*lines, ""]
+
+
+def _field(*path: str) -> Callable[[str, Row], Any]:
+    def get(_: str, item: Row) -> Any:
+        value: Any = item
+        for p in path:
+            value = value.get(p) if isinstance(value, dict) else None
+        return value
+
+    return get
+
+
+def _key(prefix: str = "") -> Callable[[str, Row], Any]:
+    return lambda k, _: k.removeprefix(prefix)
+
+
+def _phases(section: dict[str, Any], prefix: str) -> list[tuple[str, Row]]:
+    """The c1/c8/c64 or x1/x2/x4 entries of a section, in order."""
+    return [(k, v) for k, v in section.items() if k.startswith(prefix) and k[1:].isdigit()]
+
+
+def headline(r: dict[str, Any]) -> list[str]:
+    lines = ["## Headlines", ""]
+    for ds, levels in r["levels"].items():
+        lv, full = levels["1/8"], levels["full"]
+        lines.append(
+            f"- {ds}: the 1/8 level runs {lv['speedup_b128']:.1f}x faster than full at batch 128 "
+            f"({lv['speedup_b1']:.1f}x at batch 1), test accuracy {lv['accuracy']:.4f} against "
+            f"{full['accuracy']:.4f} for full (a drop of {lv['accuracy_drop'] * 100:.1f} points); in random "
+            f"module order {_fmt(lv['accuracy_random_order'])}, after plain training "
+            f"{_fmt(lv['accuracy_plain_training'])}."
+        )
+    for name, o in r["overhead"].items():
+        c64 = o["c64"]
+        lines.append(
+            f"- overhead, {name} model ({o['model']}): at concurrency 64 the server answers "
+            f"{c64['server']['throughput_rps']:.0f} requests/s, {c64['throughput_ratio']:.0%} of raw "
+            f"onnxruntime on the same batches ({c64['raw_onnxruntime']['throughput_rps']:.0f} samples/s)."
+        )
+    for name, p in r["peers"].items():
+        if isinstance(p, dict) and p.get("status") == "ok":
+            c64 = p["c64"]
+            lines.append(
+                f"- peers: at concurrency 64 circuitserve answers {c64['throughput_ratio']:.2f}x the "
+                f"requests of {name} ({c64['circuitserve_throughput_rps']:.0f} vs "
+                f"{c64['throughput_rps']:.0f}/s), p99 {c64['circuitserve_p99_ms']:.0f} vs "
+                f"{c64['p99_ms']:.0f} ms."
+            )
+    o = r["overload"]
+    for factor, phase in _phases(o, "x"):
+        a, f = phase["adaptive"], phase["full_only"]
+        lines.append(
+            f"- overload {factor}: {a['within_budget']:.1%} answered within {o['budget_ms']:.0f} ms with "
+            f"expected accuracy {_fmt(a['expected_accuracy'])}; pinned to full: {f['within_budget']:.1%}."
+        )
+    return [*lines, ""]
+
+
+def levels(r: dict[str, Any]) -> list[str]:
+    lines = ["## 1. Levels: accuracy against compute", ""]
+    columns: list[Column] = [
+        ("level", _key()),
+        ("modules", _field("modules")),
+        ("accuracy", _field("accuracy")),
+        ("random order", _field("accuracy_random_order")),
+        ("plain training", _field("accuracy_plain_training")),
+        ("ms @1", _field("latency_ms_b1")),
+        ("ms @128", _field("latency_ms_b128")),
+        ("speedup @1", _field("speedup_b1")),
+        ("speedup @128", _field("speedup_b128")),
+    ]
+    for ds, levels_table in r["levels"].items():
+        m = r["models"][ds]
+        lines += [
+            f"**{ds}**: {m['modules']} modules, preset {m['preset']}, {m['epochs']} epochs, onnxruntime with "
+            f"{m['onnxruntime_threads']} threads. Random order: {m['random_order_source']}. Plain "
+            f"training: {m['plain_training_source']}.",
+            "",
+            *table(columns, levels_table.items()),
+        ]
+    return lines
+
+
+def overhead(r: dict[str, Any]) -> list[str]:
+    lines = ["## 2. Serving overhead: circuitserve against raw onnxruntime", ""]
+    columns: list[Column] = [
+        ("concurrency", _key("c")),
+        ("server req/s", _field("server", "throughput_rps")),
+        ("p50 ms", _field("server", "p50_ms")),
+        ("p99 ms", _field("server", "p99_ms")),
+        ("mean batch", _field("mean_batch_size")),
+        ("raw ORT samples/s", _field("raw_onnxruntime", "throughput_rps")),
+        ("raw p50 ms", _field("raw_onnxruntime", "p50_ms")),
+        ("raw p99 ms", _field("raw_onnxruntime", "p99_ms")),
+        ("ratio", _field("throughput_ratio")),
+        ("raw, all cores", _field("raw_onnxruntime_all_cores", "throughput_rps")),
+        ("server cores", _field("server", "server_cores")),
+        ("generator cores", _field("server", "client_cores")),
+    ]
+    for name, o in r["overhead"].items():
+        lines += [
+            f"**{name} model**: {o['model']}, level {o['level']}, {o['intra_op_threads']} onnxruntime "
+            f"thread(s) in the server and in raw onnxruntime (all cores: {o['all_cores_threads']}), max "
+            f"batch {o['max_batch_size']}, max queue delay {o['max_queue_delay_ms']} ms. Raw onnxruntime "
+            "replays the batch sizes the server formed; ratio = server / raw throughput.",
+            "",
+            *table(columns, _phases(o, "c")),
+        ]
+    return lines
+
+
+def peers(r: dict[str, Any]) -> list[str]:
+    p = r["peers"]
+    lines = [
+        "## 3. Peers: the same level file behind LitServe and BentoML",
+        "",
+        f"Model {p['model']}, level {p['level']}. Every server batches up to {p['max_batch_size']} and runs "
+        f"onnxruntime with {p['intra_op_threads']} thread(s); LitServe and circuitserve wait up to "
+        f"{p['batch_delay_ms']} ms for a batch to fill, BentoML's adaptive batcher picks its own wait. "
+        f"{p['rounds']} interleaved round(s) (peer, circuitserve, other peer, circuitserve), one server "
+        "running at a time; figures are medians over the rounds, ratio = circuitserve / peer per pair.",
+        "",
+    ]
+    for name in ("litserve", "bentoml"):
+        entry = p.get(name, {"status": "not run"})
+        if entry.get("status") != "ok":
+            lines += [f"**{name}**: {entry.get('status')}", ""]
+            continue
+        columns: list[Column] = [
+            ("concurrency", _key("c")),
+            (f"{name} req/s", _field("throughput_rps")),
+            ("p50 ms", _field("p50_ms")),
+            ("p99 ms", _field("p99_ms")),
+            ("circuitserve req/s", _field("circuitserve_throughput_rps")),
+            ("circuitserve p99 ms", _field("circuitserve_p99_ms")),
+            ("ratio", _field("throughput_ratio")),
+        ]
+        lines += [f"**{name}**", "", *table(columns, _phases(entry, "c"))]
+    return lines
+
+
+def overload(r: dict[str, Any]) -> list[str]:
+    o = r["overload"]
+    cap = o["capacity"]
+    columns: list[Column] = [
+        ("load", _key()),
+        ("offered req/s", _field("adaptive", "offered_rps")),
+        ("adaptive: within budget", _field("adaptive", "within_budget")),
+        ("expected acc", _field("adaptive", "expected_accuracy")),
+        ("effective acc", _field("adaptive", "effective_accuracy")),
+        ("level mix", lambda _, v: ", ".join(f"{k} {s:.0%}" for k, s in v["adaptive"]["level_mix"].items())),
+        ("p99 ms", _field("adaptive", "p99_ms")),
+        ("full only: within budget", _field("full_only", "within_budget")),
+        ("expected acc", _field("full_only", "expected_accuracy")),
+        ("effective acc", _field("full_only", "effective_accuracy")),
+        ("p99 ms", _field("full_only", "p99_ms")),
+    ]
+    return [
+        "## 4. Overload: open loop at multiples of the full level's capacity",
+        "",
+        f"Model {o['model']}: preset {o['preset']}, {o['modules']} modules, compute-bound here (trained "
+        "for few epochs: its accuracy is not the point). Full-level capacity: "
+        f"{cap['throughput_rps']:.0f} requests/s (closed loop, concurrency {cap['concurrency']}, p99 "
+        f"{cap['p99_ms']:.0f} ms). Poisson arrivals at 1x, 2x, 4x that rate, one example per request. "
+        f"Adaptive: every request carries a {o['budget_ms']:.0f} ms latency budget; full only: every request "
+        f"pinned to the full level; both with a {o['budget_ms']:.0f} ms timeout. Level accuracy: "
+        f"{o['level_accuracy']}.",
+        "",
+        *table(columns, _phases(o, "x")),
+        "Within budget: answered no later than the budget after the request's scheduled send time. "
+        "Expected accuracy: mean test accuracy of the levels that answered. Effective accuracy: expected "
+        "correct answers within the budget, per request sent.",
+        "",
+    ]
+
+
+def targets(r: dict[str, Any]) -> list[str]:
+    mark = {True: "reached", False: "**not reached**", None: "not measured"}
+    columns: list[Column] = [
+        ("target", _field("target")),
+        ("goal", _field("goal")),
+        ("measured", _field("measured")),
+        ("", lambda _, t: mark[t["reached"]]),
+    ]
+    return ["## Targets", "", *table(columns, ((str(i), t) for i, t in enumerate(r["targets"])))]
+
+
+def closing(r: dict[str, Any]) -> list[str]:
+    lines = ["## Closing note", ""]
+    missed = [t for t in r["targets"] if t["reached"] is not True]
+    if not missed:
+        lines += ["Every target was reached in this run.", ""]
+    for t in missed:
+        state = "not measured" if t["reached"] is None else "not reached"
+        lines.append(f"- **{t['target']}** ({state}): {t['why']}.")
+    m = r["meta"]
+    lines += [
+        "",
+        f"The machine is shared with other work: load average {m['load_average_before']} before the run "
+        f"and {m['load_average_after']} after. The load generator runs on the same cores as the server "
+        "under test (loopback only), for every server alike.",
+        "",
+    ]
+    return lines
+
+
+def render(r: dict[str, Any], images: dict[str, str]) -> str:
+    m = r["meta"]
+    lines = [
+        "# circuitserve benchmarks",
+        "",
+        f"Generated by `{m['command']}` on {m['date']} (code {m['code_version']}); do not edit, rerun the "
+        f"command. Machine: {m['machine']}; Python {m['python']}, onnxruntime {m['onnxruntime']}. Server "
+        f"settings: {m['server_settings']}. Every figure is in [report.json](report.json). Section wall "
+        f"times (s): {m['section_seconds']}.",
+        "",
+        *targets(r),
+        *headline(r),
+    ]
+    sections = ((levels, "levels"), (overhead, "overhead"), (peers, "peers"), (overload, "overload"))
+    for render_section, key in sections:
+        lines += render_section(r)
+        if key in images:
+            lines += [f"![{key}]({images[key]})", ""]
+    lines += closing(r)
+    return "\n".join(lines)
