@@ -124,7 +124,9 @@ def ensure_default_bundle() -> Path:
     if (DEFAULT_BUNDLE / "manifest.json").is_file():
         return DEFAULT_BUNDLE
     typer.echo(
-        f"no bundle at {DEFAULT_BUNDLE}: training the default digits model (about a minute)...", err=True
+        f"no bundle at {DEFAULT_BUNDLE}: training the default digits model "
+        "(about two minutes on 2 idle cores), then exporting it...",
+        err=True,
     )
     _need_train_extra()
     if not (DEFAULT_CHECKPOINT / "checkpoint.json").is_file():
