@@ -174,7 +174,7 @@ def overload(r: dict[str, Any]) -> list[str]:
         ("adaptive: within budget", _field("adaptive", "within_budget")),
         ("expected acc", _field("adaptive", "expected_accuracy")),
         ("effective acc", _field("adaptive", "effective_accuracy")),
-        ("level mix", lambda _, v: ", ".join(f"{k} {s:.0%}" for k, s in v["adaptive"]["level_mix"].items())),
+        ("level mix", lambda _, v: ", ".join(f"{k} {s:.1%}" for k, s in v["adaptive"]["level_mix"].items())),
         ("p99 ms", _field("adaptive", "p99_ms")),
         ("full only: within budget", _field("full_only", "within_budget")),
         ("expected acc", _field("full_only", "expected_accuracy")),
@@ -184,8 +184,9 @@ def overload(r: dict[str, Any]) -> list[str]:
     return [
         "## 4. Overload: open loop at multiples of the full level's capacity",
         "",
-        f"Model {o['model']}: preset {o['preset']}, {o['modules']} modules, compute-bound here (trained "
-        "for few epochs: its accuracy is not the point). Full-level capacity: "
+        f"Model {o['model']}: preset {o['preset']}, {o['modules']} modules, compute-bound here; trained "
+        f"for {o['epochs']} epochs only, to keep its training to minutes: its accuracy is not the point, "
+        "and its pruned levels happen to score as well as the full one. Full-level capacity: "
         f"{cap['throughput_rps']:.0f} requests/s (closed loop, concurrency {cap['concurrency']}, p99 "
         f"{cap['p99_ms']:.0f} ms). Poisson arrivals at 1x, 2x, 4x that rate, one example per request. "
         f"Adaptive: every request carries a {o['budget_ms']:.0f} ms latency budget; full only: every request "
@@ -219,7 +220,14 @@ def closing(r: dict[str, Any]) -> list[str]:
     for t in missed:
         state = "not measured" if t["reached"] is None else "not reached"
         lines.append(f"- **{t['target']}** ({state}): {t['why']}.")
-    m = r["meta"]
+    m, n = r["meta"], r["noise"]
+    if n["throughput_spread"] is not None:
+        lines += [
+            "",
+            f"Run-to-run noise: circuitserve's throughput at concurrency 64 on the same model moved by "
+            f"{n['throughput_spread']:.0%} (max - min over median) across its {n['circuitserve_c64_runs']} "
+            "runs in section 3; differences smaller than that, and ratios a little above 100%, are noise.",
+        ]
     lines += [
         "",
         f"The machine is shared with other work: load average {m['load_average_before']} before the run "

@@ -76,6 +76,7 @@ def run_overload(
     out: dict[str, Any] = {
         "model": manifest.name,
         "preset": manifest.provenance.train_config.get("preset"),
+        "epochs": manifest.provenance.train_config.get("epochs"),
         "modules": full.modules,
         "budget_ms": budget,
         "level_accuracy": accuracy,

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,7 +109,9 @@ def _overhead_target(name: str, o: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _peers_target(peers: dict[str, Any]) -> dict[str, Any]:
+def _peers_target(r: dict[str, Any]) -> dict[str, Any]:
+    peers = r["peers"]
+    compute_ms = 1e3 / r["overhead"]["small"]["c64"]["raw_onnxruntime"]["throughput_rps"]
     goal = f"≥ {PEER_RATIO:.0f}x the throughput of the better peer at concurrency 64, with lower p99"
     measured = {k: v for k, v in peers.items() if isinstance(v, dict) and v.get("status") == "ok"}
     if not measured:
@@ -119,11 +122,22 @@ def _peers_target(peers: dict[str, Any]) -> dict[str, Any]:
     ratio = c64["throughput_ratio"]
     lower_p99 = c64["circuitserve_p99_ms"] < c64["p99_ms"]
     reached = ratio >= PEER_RATIO and lower_p99
+
+    def cpu_ms(who: str) -> float:
+        """CPU milliseconds the server spent per answered request (median over the pairs)."""
+        runs = [p[who] for p in c64["pairs"]]
+        per_run = [s.get("server_cores", math.nan) / max(s["throughput_rps"], 1e-9) for s in runs]
+        return 1e3 * statistics.median(per_run)
+
+    ours_ms, theirs_ms = cpu_ms("circuitserve"), cpu_ms("peer")
     why = (
         f"{best_name} answered {c64['throughput_rps']:.0f} requests/s (p99 {c64['p99_ms']:.1f} ms) against "
-        f"circuitserve's {c64['circuitserve_throughput_rps']:.0f} (p99 {c64['circuitserve_p99_ms']:.1f} ms); "
-        "both batch the same level file on the same 2 cores with the same generator, so the gap is their "
-        "per-request serving cost"
+        f"circuitserve's {c64['circuitserve_throughput_rps']:.0f} (p99 {c64['circuitserve_p99_ms']:.1f} ms). "
+        "Both are CPU-bound on the same 2 cores, batching the same level file, and spend "
+        f"{ours_ms:.2f} (circuitserve) and {theirs_ms:.2f} ({best_name}) ms of CPU per request, of which "
+        f"the model's compute is about {compute_ms:.2f} ms (section 2, same batches): the rest is HTTP, "
+        f"JSON and Python. Twice {best_name}'s throughput needs at most {theirs_ms / 2:.2f} ms of CPU per "
+        "request in all"
     )
     return _target(
         f"peers (better peer at c64: {best_name})",
@@ -134,7 +148,8 @@ def _peers_target(peers: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _overload_target(o: dict[str, Any]) -> dict[str, Any]:
+def _overload_target(r: dict[str, Any]) -> dict[str, Any]:
+    o = r["overload"]
     x4 = o.get("x4")
     goal = (
         f"at 4x overload: ≥ {OVERLOAD_WITHIN:.0%} answered within {o['budget_ms']:.0f} ms, expected accuracy "
@@ -145,33 +160,58 @@ def _overload_target(o: dict[str, Any]) -> dict[str, Any]:
     a, f = x4["adaptive"], x4["full_only"]
     gap = x4["accuracy_gap"]
     reached = a["within_budget"] >= OVERLOAD_WITHIN and gap is not None and gap <= OVERLOAD_ACCURACY_GAP
+    if gap is None:
+        versus = "no answers"
+    else:
+        versus = f"{abs(gap) * 100:.1f} points {'below' if gap >= 0 else 'above'} the full level"
     measured = (
-        f"{a['within_budget']:.1%} within budget, expected accuracy {a['expected_accuracy']} "
-        f"({'n/a' if gap is None else f'{gap * 100:.1f} points'} below full); "
+        f"{a['within_budget']:.1%} within budget, expected accuracy {a['expected_accuracy']} ({versus}); "
         f"pinned to full: {f['within_budget']:.1%} within budget"
     )
     late = a["answered"] - a["within_budget"]
+    ceiling = max(
+        (o["c64"]["server"]["throughput_rps"] for o in r["overhead"].values()), default=float("nan")
+    )
     why = (
-        f"of the requests sent at {a['offered_rps']:.0f}/s, {late:.1%} were answered late, "
-        f"{1 - a['answered']:.1%} not answered ({a['failures']}); level mix {a['level_mix']}; the "
-        f"generator fell up to {a['generator_max_lag_ms']:.1f} ms behind its schedule (mean "
-        f"{a['generator_mean_lag_ms']:.2f} ms) on the cores it shares with the server"
+        f"of the requests sent at {a['offered_rps']:.0f}/s, {late:.1%} were answered late and "
+        f"{1 - a['answered']:.1%} not at all ({a['failures']}), with the level mix {a['level_mix']} "
+        f"(the cheapest level already carries nearly all of it); {a['offered_rps']:.0f} requests/s is "
+        f"{a['offered_rps'] / ceiling:.0%} of the most this server answered in section 2 on any model "
+        f"({ceiling:.0f}/s, HTTP-bound): the per-request HTTP/JSON work, the 1/8-level compute and the "
+        "load generator together nearly fill the 2 cores, so Poisson bursts queue in front of the "
+        "handler, where no budget or timeout applies yet; the generator itself fell up to "
+        f"{a['generator_max_lag_ms']:.0f} ms behind its schedule (mean {a['generator_mean_lag_ms']:.1f} ms)"
     )
     return _target("overload (4x capacity)", goal, measured, reached, "" if reached else why)
+
+
+def noise(r: dict[str, Any]) -> dict[str, Any]:
+    """How much circuitserve's own throughput at concurrency 64 moved across its repeated runs in the
+    peers section (same model, same settings): differences smaller than this are noise."""
+    runs = [
+        pair["circuitserve"]["throughput_rps"]
+        for entry in r["peers"].values()
+        if isinstance(entry, dict) and entry.get("status") == "ok"
+        for pair in entry["c64"]["pairs"]
+    ]
+    if len(runs) < 2:
+        return {"circuitserve_c64_runs": len(runs), "throughput_spread": None}
+    spread = (max(runs) - min(runs)) / statistics.median(runs)
+    return {"circuitserve_c64_runs": len(runs), "throughput_spread": round(spread, 4)}
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         *(_overhead_target(name, o) for name, o in r["overhead"].items()),
-        _peers_target(r["peers"]),
-        _overload_target(r["overload"]),
+        _peers_target(r),
+        _overload_target(r),
     ]
 
 
 def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
     """Judge the targets, draw the plots, write report.json and REPORT.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    final = _finite({**results, "targets": targets(results)})
+    final = _finite({**results, "noise": noise(results), "targets": targets(results)})
     (out / JSON_FILE).write_text(json.dumps(final, indent=2, allow_nan=False) + "\n")
     images = plots.draw(final, out)
     (out / MARKDOWN_FILE).write_text(markdown.render(final, images))

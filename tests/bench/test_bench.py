@@ -122,7 +122,7 @@ def test_quick_report_files(quick_report: tuple[dict[str, Any], Path]) -> None:
         assert (out / image).stat().st_size > 1000 and f"]({image})" in md
     assert "## Targets" in md and "## Closing note" in md and "circuitserve bench --quick" in md
     assert report["meta"]["quick"] is True and report["meta"]["machine"]
-    assert set(report) == {"meta", "models", "levels", "overhead", "peers", "overload", "targets"}
+    assert set(report) == {"meta", "models", "levels", "overhead", "peers", "overload", "noise", "targets"}
 
 
 @pytest.mark.slow
