@@ -119,6 +119,8 @@ def overhead(r: dict[str, Any]) -> list[str]:
         ("raw p50 ms", _field("raw_onnxruntime", "p50_ms")),
         ("raw p99 ms", _field("raw_onnxruntime", "p99_ms")),
         ("ratio", _field("throughput_ratio")),
+        ("level busy", _field("compute_busy_fraction")),
+        ("in-server ORT samples/s", _field("in_server_onnxruntime_rps")),
         ("raw, all cores", _field("raw_onnxruntime_all_cores", "throughput_rps")),
         ("server cores", _field("server", "server_cores")),
         ("generator cores", _field("server", "client_cores")),
@@ -128,7 +130,8 @@ def overhead(r: dict[str, Any]) -> list[str]:
             f"**{name} model**: {o['model']}, level {o['level']}, {o['intra_op_threads']} onnxruntime "
             f"thread(s) in the server and in raw onnxruntime (all cores: {o['all_cores_threads']}), max "
             f"batch {o['max_batch_size']}, max queue delay {o['max_queue_delay_ms']} ms. Raw onnxruntime "
-            "replays the batch sizes the server formed; ratio = server / raw throughput.",
+            "replays the batch sizes the server formed; ratio = server / raw throughput. Level busy and "
+            "in-server ORT: from the compute time the server reports in its answers.",
             "",
             *table(columns, _phases(o, "c")),
         ]

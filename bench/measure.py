@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import resource
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,20 +74,28 @@ def _self_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def with_cores(server: Server, phase: Callable[[], Coroutine[Any, Any, load.Run]]) -> load.Run:
+    """Run one load phase; record the cores the server and the load generator used meanwhile."""
+    server_cpu, client_cpu, start = cpu_seconds(server.pid), _self_cpu(), time.perf_counter()
+    run = load.run(phase())
+    elapsed = time.perf_counter() - start
+    after = cpu_seconds(server.pid)
+    if server_cpu is not None and after is not None:
+        run.extra["server_cores"] = (after - server_cpu) / elapsed
+    run.extra["client_cores"] = (_self_cpu() - client_cpu) / elapsed
+    return run
+
+
 def closed(
     server: Server, target: load.Target, concurrency: int, plan: Plan, keep_bodies: bool = False
 ) -> load.Run:
     """A closed-loop run against `server`, with the CPU it and the load generator used."""
-    server_cpu, client_cpu = cpu_seconds(server.pid), _self_cpu()
-    run = load.run(
-        load.closed_loop(target, concurrency, plan.load_s, warmup_s=plan.warmup_s, keep_bodies=keep_bodies)
+    return with_cores(
+        server,
+        lambda: load.closed_loop(
+            target, concurrency, plan.load_s, warmup_s=plan.warmup_s, keep_bodies=keep_bodies
+        ),
     )
-    total = plan.load_s + plan.warmup_s
-    after = cpu_seconds(server.pid)
-    if server_cpu is not None and after is not None:
-        run.extra["server_cores"] = (after - server_cpu) / total
-    run.extra["client_cores"] = (_self_cpu() - client_cpu) / total
-    return run
 
 
 def summary(run: load.Run) -> dict[str, float]:

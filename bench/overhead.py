@@ -28,6 +28,18 @@ def batches_formed(bodies: list[bytes]) -> list[int]:
     return sorted(b for b, n in counts.items() for _ in range(max(1, round(n / b))))
 
 
+def in_server_compute(bodies: list[bytes], window_s: float) -> dict[str, float]:
+    """What the server's own answers say about its onnxruntime runs: the fraction of the window the
+    level was computing, and the samples per second it computed while it was. Each batch's compute
+    time is reported by each of its b requests, so each report counts 1/b."""
+    answers = [json.loads(b) for b in bodies]
+    compute_s = sum(a["compute_ms"] / a["batch_size"] for a in answers) / 1e3
+    return {
+        "compute_busy_fraction": round(compute_s / window_s, 4) if window_s > 0 else 0.0,
+        "in_server_onnxruntime_rps": round(len(answers) / compute_s, 1) if compute_s > 0 else 0.0,
+    }
+
+
 def raw_onnxruntime(
     path: Path, example_shape: list[int], sizes: list[int], seconds: float, threads: int
 ) -> dict[str, float]:
@@ -63,11 +75,13 @@ def raw_onnxruntime(
 
 def _compare(plan: Plan, run: load.Run, path: Path, shape: list[int], all_cores: int) -> dict[str, object]:
     """One concurrency: the server's run beside raw onnxruntime on the batches the server formed."""
-    sizes = batches_formed([r.body for r in run.ok if r.body is not None]) or [1]
+    bodies = [r.body for r in run.ok if r.body is not None]
+    sizes = batches_formed(bodies) or [1]
     raw = raw_onnxruntime(path, shape, sizes, plan.load_s, SERVER.intra_op_threads)
     ours = summary(run)
     return {
         "server": ours,
+        **in_server_compute(bodies, run.window_s),
         "raw_onnxruntime": raw,
         # the same batches on every core, whatever the server uses: for reference
         "raw_onnxruntime_all_cores": raw_onnxruntime(path, shape, sizes, plan.load_s / 2, all_cores),

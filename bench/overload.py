@@ -14,15 +14,17 @@ send time. Expected accuracy: the mean of the test accuracy of the level that an
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import load
-from bench.measure import circuitserve_api, closed, our_server, summary
+from bench.measure import circuitserve_api, closed, our_server, summary, with_cores
 from bench.plan import Plan
 from export.manifest import Manifest
 
@@ -60,6 +62,8 @@ def outcome(
         "p99_ms": round(run.latency_ms(99), 3),
         "generator_max_lag_ms": round(run.max_lag_s * 1e3, 3),
         "generator_mean_lag_ms": round(run.mean_lag_s * 1e3, 3),
+        "server_cores": round(run.extra.get("server_cores", math.nan), 2),
+        "client_cores": round(run.extra.get("client_cores", math.nan), 2),
     }
 
 
@@ -92,9 +96,11 @@ def run_overload(
             phase: dict[str, Any] = {}
             for mode in MODES:
                 send_times = load.schedule(rate, plan.overload_s, seed=factor)
-                run = load.run(
-                    load.open_loop(apis[mode].target(server, examples), send_times, keep_bodies=True)
+                target = apis[mode].target(server, examples)
+                phase_fn = partial(
+                    load.open_loop, target, send_times, timeout_s=CLIENT_TIMEOUT_S, keep_bodies=True
                 )
+                run = with_cores(server, phase_fn)
                 phase[mode] = outcome(run, accuracy, budget, rate)
                 time.sleep(0.5)  # let what is left in the queues time out before the next phase
             phase["accuracy_gap"] = (

@@ -149,6 +149,7 @@ def test_quick_report_overhead(quick_report: tuple[dict[str, Any], Path]) -> Non
             assert 0 < fig["server"]["p50_ms"] <= fig["server"]["p99_ms"]
             assert _number(fig["throughput_ratio"]) and fig["throughput_ratio"] > 0
             assert fig["mean_batch_size"] >= 1
+            assert 0 < fig["compute_busy_fraction"] <= 1.05 and fig["in_server_onnxruntime_rps"] > 0
         assert section["c1"]["mean_batch_size"] == 1  # one request in flight: batches of one
 
 
