@@ -8,7 +8,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import onnxruntime as ort
 
 from bench import markdown, plots
 from bench.plan import SERVER, Plan
+from export.profile import code_version
 
 JSON_FILE, MARKDOWN_FILE = "report.json", "REPORT.md"
 SCHEMA_VERSION = 1
@@ -38,20 +38,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown cpu"
 
 
-def _git_revision() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-    except OSError:
-        return "unknown"
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
-
-
 def meta(
     plan: Plan, started: float, load_before: tuple[float, float, float], seconds: dict[str, float]
 ) -> dict[str, Any]:
@@ -63,7 +49,7 @@ def meta(
         "machine": f"{_cpu_model()}, {os.cpu_count()} cpus, {platform.system()} {platform.machine()}",
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
-        "code_version": _git_revision(),
+        "code_version": code_version(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "section_seconds": seconds,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -32,7 +31,7 @@ from export.manifest import (
     sha256_file,
 )
 from export.plot import plot_tradeoff
-from export.profile import cpu_session, machine_description, profile_threads, time_batches
+from export.profile import code_version, cpu_session, machine_description, profile_threads, time_batches
 from model.data import load_dataset
 from model.nac import Frozen, flops_per_example, level_modules
 from model.train import load_checkpoint
@@ -85,22 +84,6 @@ def check_parity(frozen: Frozen, path: Path, x: np.ndarray) -> np.ndarray:
             f"{path.name}: ONNX differs from torch (max |logit diff| {diff:.2e} > {PARITY_ATOL})"
         )
     return onnx_logits
-
-
-def code_version() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-        if rev.returncode == 0:
-            return rev.stdout.strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _log(msg: str) -> None:

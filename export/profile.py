@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,3 +64,18 @@ def time_batches(
 
 def machine_description() -> str:
     return f"{platform.machine()} {os.cpu_count()} cpus, {platform.system()}, onnxruntime {ort.__version__}"
+
+
+def code_version() -> str:
+    """`git describe` of the code that measured or built something, or "unknown" outside a checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"

@@ -50,6 +50,8 @@ def _options(config: SessionConfig) -> ort.SessionOptions:
     options.inter_op_num_threads = config.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no spinning between batches: idle onnxruntime threads would take the cores HTTP and JSON need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

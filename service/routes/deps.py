@@ -7,7 +7,8 @@ from fastapi import Request
 from service.engine import Engine, Inference
 
 
-def engine(request: Request) -> Engine:
+async def engine(request: Request) -> Engine:
+    # async: FastAPI would run a plain function in its thread pool, a thread hop per request
     eng = request.app.state.engine
     assert isinstance(eng, Engine)
     return eng
