@@ -130,7 +130,9 @@ def overhead(r: dict[str, Any]) -> list[str]:
             f"**{name} model**: {o['model']}, level {o['level']}, {o['intra_op_threads']} onnxruntime "
             f"thread(s) in the server and in raw onnxruntime (all cores: {o['all_cores_threads']}), max "
             f"batch {o['max_batch_size']}, max queue delay {o['max_queue_delay_ms']} ms. Raw onnxruntime "
-            "replays the batch sizes the server formed; ratio = server / raw throughput. Level busy and "
+            "replays the batch sizes the server formed, right after each server run; each concurrency "
+            f"alternates server and raw {o['c64'].get('rounds', 1)} times, pooled (this machine's speed "
+            "drifts over minutes); ratio = server / raw throughput. Level busy and "
             "in-server ORT: from the compute time the server reports in its answers.",
             "",
             *table(columns, _phases(o, "c")),
@@ -231,11 +233,14 @@ def closing(r: dict[str, Any]) -> list[str]:
             f"{n['throughput_spread']:.0%} (max - min over median) across its {n['circuitserve_c64_runs']} "
             "runs in section 3; differences smaller than that, and ratios a little above 100%, are noise.",
         ]
+    c64 = r["overhead"]["small"]["c64"]["server"]
+    generator_ms = 1e3 * c64.get("client_cores", math.nan) / c64["throughput_rps"]
     lines += [
         "",
         f"The machine is shared with other work: load average {m['load_average_before']} before the run "
-        f"and {m['load_average_after']} after. The load generator runs on the same cores as the server "
-        "under test (loopback only), for every server alike.",
+        f"and {m['load_average_after']} after. The load generator (bench/load.py: asyncio + httptools; "
+        f"{generator_ms:.2f} ms of CPU per request in section 2 at concurrency 64) runs on the same cores "
+        "as the server under test (loopback only), for every server alike.",
         "",
     ]
     return lines

@@ -3,10 +3,13 @@ onnxruntime running the same level file, with the same thread settings, on the b
 server's batcher actually formed (the physical limit on this machine).
 
 The server runs alone while it is measured; raw onnxruntime runs right after each of its runs,
-in the bench's own process, while the server idles."""
+in the bench's own process, while the server idles. Each concurrency is measured in ROUNDS
+alternations (server, raw, server, raw) and the rounds pooled: this machine's speed drifts by tens
+of percent over minutes, and alternating keeps the drift from landing on one side only."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -17,6 +20,7 @@ import numpy as np
 from bench import load
 from bench.measure import circuitserve_api, closed, our_server, summary
 from bench.plan import SERVER, Plan
+from bench.servers import Server
 from export.manifest import Manifest
 from export.profile import cpu_session
 
@@ -40,10 +44,33 @@ def in_server_compute(bodies: list[bytes], window_s: float) -> dict[str, float]:
     }
 
 
+ROUNDS = 2
+
+
+@dataclasses.dataclass
+class RawRun:
+    samples: int
+    elapsed_s: float
+    times_s: list[float]  # per session.run
+
+    @classmethod
+    def pooled(cls, runs: list[RawRun]) -> RawRun:
+        return cls(
+            sum(r.samples for r in runs), sum(r.elapsed_s for r in runs), [t for r in runs for t in r.times_s]
+        )
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "throughput_rps": round(self.samples / self.elapsed_s, 1),
+            "p50_ms": round(float(np.percentile(self.times_s, 50)) * 1e3, 3),
+            "p99_ms": round(float(np.percentile(self.times_s, 99)) * 1e3, 3),
+        }
+
+
 def raw_onnxruntime(
     path: Path, example_shape: list[int], sizes: list[int], seconds: float, threads: int
-) -> dict[str, float]:
-    """session.run over `sizes` in turn, for `seconds`: samples per second and per-run latency."""
+) -> RawRun:
+    """session.run over `sizes` in turn, for `seconds`."""
     session = cpu_session(path, threads)
     name = session.get_inputs()[0].name
     rng = np.random.default_rng(0)
@@ -65,28 +92,39 @@ def raw_onnxruntime(
         times.append(time.perf_counter() - t0)
         samples += b
         i += 1
-    elapsed = time.perf_counter() - start
-    return {
-        "throughput_rps": round(samples / elapsed, 1),
-        "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 3),
-        "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 3),
-    }
+    return RawRun(samples, time.perf_counter() - start, times)
 
 
-def _compare(plan: Plan, run: load.Run, path: Path, shape: list[int], all_cores: int) -> dict[str, object]:
-    """One concurrency: the server's run beside raw onnxruntime on the batches the server formed."""
-    bodies = [r.body for r in run.ok if r.body is not None]
-    sizes = batches_formed(bodies) or [1]
-    raw = raw_onnxruntime(path, shape, sizes, plan.load_s, SERVER.intra_op_threads)
-    ours = summary(run)
+def _compare(
+    plan: Plan, server: Server, target: load.Target, c: int, path: Path, shape: list[int], all_cores: int
+) -> dict[str, object]:
+    """One concurrency: the server's runs alternated with raw onnxruntime on the batches it formed."""
+    seconds = plan.load_s / ROUNDS
+    half = dataclasses.replace(plan, load_s=seconds)
+    runs: list[load.Run] = []
+    raws: list[RawRun] = []
+    all_cores_raws: list[RawRun] = []  # the same batches on every core, whatever the server uses
+    for _ in range(ROUNDS):
+        run = closed(server, target, c, half, keep_bodies=True)
+        sizes = batches_formed([r.body for r in run.ok if r.body is not None]) or [1]
+        runs.append(run)
+        raws.append(raw_onnxruntime(path, shape, sizes, seconds, SERVER.intra_op_threads))
+        all_cores_raws.append(raw_onnxruntime(path, shape, sizes, seconds / 2, all_cores))
+    pooled = load.Run(
+        [r for run in runs for r in run.records],
+        sum(run.window_s for run in runs),
+        extra={k: float(np.mean([run.extra[k] for run in runs])) for k in runs[0].extra},
+    )
+    bodies = [r.body for r in pooled.ok if r.body is not None]
+    ours, theirs = summary(pooled), RawRun.pooled(raws).summary()
     return {
         "server": ours,
-        **in_server_compute(bodies, run.window_s),
-        "raw_onnxruntime": raw,
-        # the same batches on every core, whatever the server uses: for reference
-        "raw_onnxruntime_all_cores": raw_onnxruntime(path, shape, sizes, plan.load_s / 2, all_cores),
-        "mean_batch_size": round(float(np.mean(sizes)), 2),
-        "throughput_ratio": round(ours["throughput_rps"] / raw["throughput_rps"], 4),
+        **in_server_compute(bodies, pooled.window_s),
+        "raw_onnxruntime": theirs,
+        "raw_onnxruntime_all_cores": RawRun.pooled(all_cores_raws).summary(),
+        "mean_batch_size": round(float(np.mean(batches_formed(bodies) or [1])), 2),
+        "rounds": ROUNDS,
+        "throughput_ratio": round(ours["throughput_rps"] / theirs["throughput_rps"], 4),
     }
 
 
@@ -105,7 +143,7 @@ def run_overhead(
     with our_server(bundle, log_dir) as server:
         target = api.target(server, examples)
         for c in plan.concurrencies:
-            run = closed(server, target, c, plan, keep_bodies=True)
-            # raw onnxruntime right after, while the server idles: both see the same machine
-            out[f"c{c}"] = _compare(plan, run, bundle / full.file, manifest.input.shape[1:], all_cores)
+            out[f"c{c}"] = _compare(
+                plan, server, target, c, bundle / full.file, manifest.input.shape[1:], all_cores
+            )
     return out

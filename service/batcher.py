@@ -54,6 +54,7 @@ class _Pending:
     future: asyncio.Future[BatchResult] = field(compare=False)
     started: bool = field(default=False, compare=False)
     dropped: bool = field(default=False, compare=False)
+    timer: asyncio.TimerHandle | None = field(default=None, compare=False)
 
     @property
     def n(self) -> int:
@@ -149,27 +150,44 @@ class Batcher:
             )
         now = time.monotonic()
         wait = self.max_delay_s if max_wait_s is None else min(max_wait_s, self.max_delay_s)
-        future = asyncio.get_running_loop().create_future()
-        item = _Pending(priority, next(self._seq), rows, deadline, now, now + max(0.0, wait), future)
+        loop = asyncio.get_running_loop()
+        item = _Pending(
+            priority, next(self._seq), rows, deadline, now, now + max(0.0, wait), loop.create_future()
+        )
         heapq.heappush(self._heap, item)
         self.queued_samples += item.n
         self._wake.set()
+        # one timer per request, not wait_for + shield: this is the hot path of every request
+        item.timer = loop.call_later(max(0.0, deadline - now), self._expire, item)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            if item.started:  # already running: its answer is moments away, wait for it (bounded)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(item.future), self.max_overrun_s)
-                except TimeoutError:
-                    raise DeadlineExceeded(
-                        f"{self.name}: still running {self.max_overrun_s:g} s past its deadline (a stuck "
-                        "session?); answer abandoned"
-                    ) from None
-            self._drop(item)
-            raise DeadlineExceeded(f"{self.name}: deadline passed while queued; not executed") from None
+            return await item.future
         except asyncio.CancelledError:  # the caller went away: unqueue unless already running
             self._drop(item)
             raise
+        finally:
+            item.timer.cancel()
+
+    def _expire(self, item: _Pending) -> None:
+        """The request's deadline passed: unexecuted if still queued (504); if its batch is running,
+        its answer is moments away and is awaited `max_overrun_s` more (a stuck session: 504)."""
+        if item.future.done():
+            return
+        if not item.started:
+            self._drop(item)
+            item.future.set_exception(
+                DeadlineExceeded(f"{self.name}: deadline passed while queued; not executed")
+            )
+        elif self.max_overrun_s is not None:
+            item.timer = asyncio.get_running_loop().call_later(self.max_overrun_s, self._abandon, item)
+
+    def _abandon(self, item: _Pending) -> None:
+        if not item.future.done():
+            item.future.set_exception(
+                DeadlineExceeded(
+                    f"{self.name}: still running {self.max_overrun_s:g} s past its deadline (a stuck "
+                    "session?); answer abandoned"
+                )
+            )
 
     def _drop(self, item: _Pending) -> None:
         if not item.dropped and not item.started:

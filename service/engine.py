@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +49,26 @@ class Tracked:
     queue_s: float | None = None
 
 
+class Tracking:
+    """The context manager `Engine.track` returns (a class: cheaper than @contextmanager on the
+    path of every request)."""
+
+    __slots__ = ("engine", "rec", "start")
+
+    def __init__(self, engine: Engine, rec: Tracked) -> None:
+        self.engine, self.rec = engine, rec
+
+    def __enter__(self) -> Tracked:
+        self.start = time.monotonic()
+        return self.rec
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        rec, elapsed = self.rec, time.monotonic() - self.start
+        outcome = outcome_of(error)
+        self.engine.metrics.observe_request(rec.model, rec.level, outcome, elapsed, rec.queue_s)
+        self.engine.stats.record(rec.model, rec.level, outcome, rec.samples, elapsed)
+
+
 @dataclass(frozen=True)
 class Inference:
     level: ServedLevel
@@ -84,20 +102,10 @@ class Engine:
             raise NotFound(f"unknown model {name!r}; served: {sorted(self.models)}")
         return self.models[name]
 
-    @contextmanager
-    def track(self, model_name: str) -> Iterator[Tracked]:
-        rec = Tracked(model=model_name if model_name in self.models else UNKNOWN_MODEL)
-        start = time.monotonic()
-        error: BaseException | None = None
-        try:
-            yield rec
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            outcome, elapsed = outcome_of(error), time.monotonic() - start
-            self.metrics.observe_request(rec.model, rec.level, outcome, elapsed, rec.queue_s)
-            self.stats.record(rec.model, rec.level, outcome, rec.samples, elapsed)
+    def track(self, model_name: str) -> Tracking:
+        """`with engine.track(name) as rec:` around a request: its outcome, level and time are
+        recorded when the block ends, the outcome from the exception that ended it, if any."""
+        return Tracking(self, Tracked(model=model_name if model_name in self.models else UNKNOWN_MODEL))
 
     def count_invalid(self, model_name: str | None, outcome: str = "bad_request") -> None:
         """Record a request refused before its handler ran (invalid body, too large, too many)."""
@@ -127,8 +135,11 @@ class Engine:
     def choose(self, model: ServedModel, budget: RequestBudget, rows: int) -> policy.Decision:
         _validate(budget)
         explicit = model.resolve_level(budget.level).name if budget.level is not None else None
+        fixed = explicit or (None if budget.given else model.default_level)
+        # a fixed level needs only its own state (for predicted_ms); only a budget compares levels
+        levels = model.levels if fixed is None else [model.level(fixed)]
         return policy.choose(
-            [lv.state() for lv in model.levels],
+            [lv.state() for lv in levels],
             policy.Budget(explicit, budget.latency_ms, budget.min_accuracy),
             model.default_level,
             rows,

@@ -129,31 +129,26 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def install_handlers(app: FastAPI) -> None:
-    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
+async def handle(request: Request, exc: Exception) -> JSONResponse:
+    """The response for any exception a route raised: the one mapping of errors to HTTP, used by
+    FastAPI's handlers and by the guard's direct dispatch of inference routes (service.guard)."""
+    if isinstance(exc, ServiceError):
         # faults are warnings; load shedding (503/504) is counted in metrics, one line each would flood
         level = logging.WARNING if exc.status == 500 else logging.DEBUG
         log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(exc.status, exc.message, exc.headers)
-
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+    if isinstance(exc, RequestValidationError):
         on_rejected = getattr(request.app.state, "on_bad_request", None)
         if on_rejected is not None:
             on_rejected(request.path_params.get("name"))
         return error_response(400, _validation_message(exc))
-
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}")
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
 
-    app.add_exception_handler(ServiceError, on_service_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+def install_handlers(app: FastAPI) -> None:
+    for kind in (ServiceError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, handle)
     drop_422_from_docs(app)

@@ -8,6 +8,10 @@
 - At most `max_inflight_requests` inference requests at once; more get 429 before their body is read.
   The count is what a drain waits for (service.app).
 - An exception no handler took becomes a 500 with `{"error": ...}`; one access log line per request.
+- Admitted POSTs to the two inference routes go straight to their route functions (`direct`), past
+  Starlette's routing and FastAPI's dependency and response machinery: on small models those cost
+  about as much CPU as the model itself (profiled; bench/REPORT.md has the throughput). FastAPI
+  still documents the routes; errors take the same mapping (service.errors.handle).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import logs
+from service import errors, logs
 from service.engine import Engine
 from service.errors import error_response
 from service.settings import Settings
@@ -29,7 +36,10 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
 
-INFERENCE = re.compile(r"/v1/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+INFERENCE = re.compile(
+    r"/v1/models/(?P<native>[^/]+)/predict|/v2/models/(?P<v2>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"
+)
+Route = Callable[[str, Request], Awaitable[Response]]  # (model name, request) -> response
 OPEN = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -38,10 +48,13 @@ def is_probe(path: str) -> bool:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, app: ASGIApp, engine: Engine, settings: Settings, direct: Mapping[str, Route] | None = None
+    ) -> None:
         self.app = app
         self.engine = engine
         self.settings = settings
+        self.direct = dict(direct or {})  # "native" / "v2" -> that protocol's inference route
         token = settings.auth_token
         self.token = token.get_secret_value().strip().encode() if token is not None else None
 
@@ -82,7 +95,7 @@ class Guard:
             await error_response(401, "missing or wrong bearer token", bearer)(scope, receive, send)
             return
         inference = INFERENCE.fullmatch(path)
-        model = (inference.group(1) or inference.group(2)) if inference else None
+        model = (inference["native"] or inference["v2"]) if inference else None
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.settings.max_body_bytes:
             self._count(model, "bad_request")
@@ -99,9 +112,29 @@ class Guard:
             return
         self.engine.in_flight += 1
         try:
-            await self.app(scope, self._limited(receive), send)
+            protocol = "native" if inference["native"] else "v2"
+            route = self.direct.get(protocol) if scope["method"] == "POST" else None
+            if route is None:
+                await self.app(scope, self._limited(receive), send)
+            else:
+                await self._dispatch(route, inference, scope, self._limited(receive), send)
         finally:
             self.engine.in_flight -= 1
+
+    async def _dispatch(
+        self, route: Route, match: re.Match[str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run an inference route function directly (see the module docstring)."""
+        name = match["native"] or match["v2"]
+        scope["path_params"] = (
+            {"name": name} if match["version"] is None else {"name": name, "version": match["version"]}
+        )
+        request = Request(scope, receive)
+        try:
+            response = await route(name, request)
+        except Exception as exc:
+            response = await errors.handle(request, exc)
+        await response(scope, receive, send)
 
     def _authorized(self, path: str, headers: Headers) -> bool:
         if self.token is None or path in OPEN:

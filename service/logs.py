@@ -8,8 +8,8 @@ used by `serve` prints it.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -25,7 +25,7 @@ def request_id(given: str | None) -> str:
     """The caller's id if it is short and made of safe characters, else a fresh one."""
     if given is not None and _SAFE.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 def install() -> None:

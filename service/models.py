@@ -52,13 +52,17 @@ class ServedModel:
     path: Path
     levels: list[ServedLevel]  # most accurate (largest keep fraction) first
     default_level: str = "full"
+    _by_name: dict[str, ServedLevel] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {lv.name: lv for lv in self.levels}
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
     def level(self, name: str) -> ServedLevel:
-        return next(lv for lv in self.levels if lv.name == name)
+        return self._by_name[name]
 
     def resolve_level(self, spec: object) -> ServedLevel:
         """A level by name ("full", "1/2") or keep fraction (0.5, "0.5"); BadRequest if none matches."""

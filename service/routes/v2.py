@@ -17,7 +17,7 @@ from service import __version__, logs
 from service.engine import Engine, RequestBudget
 from service.errors import BadRequest, NotFound, error_docs
 from service.models import ServedModel
-from service.routes.deps import engine, timing
+from service.routes.deps import engine, engine_of, timing
 from service.v2_codec import HEADER_LENGTH, encode_response, parse_request
 
 router = APIRouter(tags=["Open Inference Protocol v2"])
@@ -120,8 +120,9 @@ def budget_from(params: dict[str, Any]) -> RequestBudget:
     _MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 413, 429, 500, 503, 504)
 )
 @router.post(_VERSIONED + "/infer", include_in_schema=False)
-async def infer(name: str, request: Request, eng: Engine = Depends(engine)) -> Response:
+async def infer(name: str, request: Request) -> Response:
     """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`)."""
+    eng = engine_of(request)
     with eng.track(name) as rec:
         model = _model(eng, name, request)
         req = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))

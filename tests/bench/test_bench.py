@@ -38,7 +38,9 @@ def test_schedule_is_seeded_and_even_spacing_is_exact() -> None:
 
 @pytest.fixture()
 def slow_server() -> Iterator[str]:
-    """An HTTP server on 127.0.0.1 that answers every POST after 200 ms."""
+    """An HTTP server on 127.0.0.1 (aiohttp's, not ours): POST /slow answers after 200 ms; /echo
+    answers the body back in chunks (chunked encoding); /close answers, then closes the connection;
+    /status/N answers N; /hang answers after 2 s."""
     started: list[str] = []
     stop = asyncio.Event()
 
@@ -47,10 +49,38 @@ def slow_server() -> Iterator[str]:
         await asyncio.sleep(0.2)
         return web.json_response({"ok": True})
 
+    async def echo(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(body), 7):
+            await resp.write(body[i : i + 7])
+        await resp.write_eof()
+        return resp
+
+    async def close(request: web.Request) -> web.Response:
+        await request.read()
+        resp = web.json_response({"closing": True})
+        resp.force_close()
+        return resp
+
+    async def status(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=int(request.match_info["code"]), text="no")
+
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)  # far past the client's timeout in the test, short for the teardown
+        return web.Response(text="too late")
+
     async def serve() -> None:
         app = web.Application()
         app.router.add_post("/slow", handler)
-        runner = web.AppRunner(app)
+        app.router.add_post("/echo", echo)
+        app.router.add_post("/close", close)
+        app.router.add_post("/status/{code}", status)
+        app.router.add_post("/hang", hang)
+        runner = web.AppRunner(app, keepalive_timeout=0.3)  # idle connections closed quickly
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -82,6 +112,44 @@ def test_open_loop_sends_on_schedule_without_waiting_for_answers(slow_server: st
     latencies = sorted(r.latency_s for r in run.records)
     assert latencies[0] >= 0.2 and latencies[len(latencies) // 2] < 0.6
     assert [r.sent_s for r in run.records] == pytest.approx(list(send_times))
+
+
+def test_generator_reads_chunked_bodies_reconnects_after_close_and_records_statuses(slow_server: str) -> None:
+    base = slow_server.removesuffix("/slow")
+    bodies = [json.dumps({"i": i, "pad": "x" * i}).encode() for i in range(40)]
+    run = load.run(
+        load.closed_loop(load.Target(base + "/echo", bodies), 4, 0.5, warmup_s=0.0, keep_bodies=True)
+    )
+    assert len(run.ok) > 20 and {r.body for r in run.ok} <= set(bodies)  # chunked bodies come back whole
+    closing = load.run(load.closed_loop(load.Target(base + "/close", [b"{}"]), 2, 0.3, warmup_s=0.0))
+    assert len(closing.records) > 4 and closing.error_fraction() == 0  # a new connection after each close
+    refused = load.run(load.closed_loop(load.Target(base + "/status/503", [b"{}"]), 1, 0.2, warmup_s=0.0))
+    assert refused.records and {r.status for r in refused.records} == {503}
+
+
+def test_generator_reconnects_when_the_server_closed_an_idle_connection(slow_server: str) -> None:
+    target = load.Target(slow_server.removesuffix("/slow") + "/status/200", [b"{}"])
+    run = load.run(load.open_loop(target, [0.0, 0.05, 0.8, 0.85], connections=1))  # idle 0.75 s > 0.3 s
+    assert [r.status for r in run.records] == [200] * 4
+
+
+def test_generator_gives_up_on_a_server_that_does_not_answer(slow_server: str) -> None:
+    target = load.Target(slow_server.removesuffix("/slow") + "/hang", [b"{}"])
+    start = time.monotonic()
+    run = load.run(load.open_loop(target, [0.0, 0.01], timeout_s=0.3))
+    assert [r.status for r in run.records] == [load.TRANSPORT_ERROR] * 2
+    assert time.monotonic() - start < 2.0
+    nobody = load.Target(f"http://127.0.0.1:{_closed_port()}/x", [b"{}"])
+    assert [r.status for r in load.run(load.open_loop(nobody, [0.0])).records] == [load.TRANSPORT_ERROR]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens there now
 
 
 def test_closed_loop_keeps_concurrency_requests_in_flight(slow_server: str) -> None:

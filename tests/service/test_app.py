@@ -217,7 +217,42 @@ def test_stats_and_metrics_after_traffic(client: TestClient, manifest: Manifest)
 
 def test_openapi_documents_both_apis_with_examples(client: TestClient, manifest: Manifest) -> None:
     spec = client.get("/openapi.json").json()
-    assert spec["components"]["schemas"]["PredictRequest"]["examples"]
+    predict = spec["paths"]["/v1/models/{name}/predict"]["post"]
+    body_schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema["examples"] and "inputs" in body_schema["required"]
+    answer = predict["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/PredictResponse"}
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
     assert "example" in infer["requestBody"]["content"]["application/json"]
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b'{"inputs": []}', b'{"inputs": [[1]], "top_k": 0}', b'{"inputs": [[1]], "x": 1}']
+)
+def test_invalid_predict_body_is_400_counted_once(
+    client: TestClient, manifest: Manifest, body: bytes
+) -> None:
+    def count(outcome: str) -> float:
+        try:
+            return metric(
+                client, "circuitserve_requests_total", model=manifest.name, level="none", outcome=outcome
+            )
+        except AssertionError:  # no such series yet
+            return 0.0
+
+    before = {o: count(o) for o in ("bad_request", "error")}
+    r = client.post(f"/v1/models/{manifest.name}/predict", content=body)
+    assert r.status_code == 400 and r.json()["error"].startswith("invalid request"), r.text
+    assert {o: count(o) for o in before} == {
+        "bad_request": before["bad_request"] + 1,
+        "error": before["error"],
+    }
+
+
+@pytest.mark.parametrize("path", ["/v1/models/{}/predict", "/v2/models/{}/infer"])
+def test_inference_routes_answer_405_to_other_methods(
+    client: TestClient, manifest: Manifest, path: str
+) -> None:
+    r = client.get(path.format(manifest.name))
+    assert r.status_code == 405 and "POST" in r.headers["allow"]
