@@ -155,32 +155,27 @@ class _Pool:
         self.idle: list[_Connection] = []
 
     async def send(self, request: bytes, keep: bool) -> tuple[int, bytes | None]:
-        async with self.slots:
-            conn = None
-            while self.idle and conn is None:  # the server may have closed idle ones (keep-alive timeout)
-                conn = self.idle.pop()
-                conn = conn if conn.open else None
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    if conn is None:
-                        _, conn = await asyncio.get_running_loop().create_connection(
-                            _Connection, self.host, self.port
-                        )
-                    status, body = await conn.send(request)
-            except (
-                OSError,
-                TimeoutError,
-                RuntimeError,
-                httptools.HttpParserError,
-            ):  # uvloop: RuntimeError on a closed handle
-                if conn is not None:
-                    conn.fail(ConnectionAbortedError("request abandoned"))
-                return TRANSPORT_ERROR, None
-            if conn.open:
-                self.idle.append(conn)
-            else:
-                conn.fail(ConnectionResetError("not reusable"))
-            return status, body if keep else None
+        """One request on a pooled connection; its timeout covers waiting for a free one too."""
+        conn: _Connection | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s), self.slots:
+                while self.idle and conn is None:  # the server may have closed idle ones (keep-alive)
+                    conn = self.idle.pop()
+                    conn = conn if conn.open else None
+                if conn is None:
+                    _, conn = await asyncio.get_running_loop().create_connection(
+                        _Connection, self.host, self.port
+                    )
+                status, body = await conn.send(request)
+                if conn.open:
+                    self.idle.append(conn)
+                    conn = None  # handed back
+                return status, body if keep else None
+        except (OSError, TimeoutError, RuntimeError, httptools.HttpParserError):  # RuntimeError: uvloop's
+            return TRANSPORT_ERROR, None  # closed handle
+        finally:
+            if conn is not None:  # failed, timed out, cancelled or not reusable: never reused
+                conn.fail(ConnectionAbortedError("request abandoned"))
 
     def close(self) -> None:
         for conn in self.idle:
@@ -265,9 +260,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         runner = uvloop.run
     except ImportError:
         pass
+    enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         return runner(coro)
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()

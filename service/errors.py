@@ -112,6 +112,8 @@ def outcome_of(exc: BaseException | None) -> str:
         return "success"
     if isinstance(exc, StarletteHTTPException):  # e.g. 413 from service.guard while reading the body
         return "bad_request" if exc.status_code < 500 else "error"
+    if isinstance(exc, RequestValidationError):
+        return "bad_request"
     return exc.outcome if isinstance(exc, ServiceError) else "error"
 
 
@@ -138,9 +140,6 @@ async def handle(request: Request, exc: Exception) -> JSONResponse:
         log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(exc.status, exc.message, exc.headers)
     if isinstance(exc, RequestValidationError):
-        on_rejected = getattr(request.app.state, "on_bad_request", None)
-        if on_rejected is not None:
-            on_rejected(request.path_params.get("name"))
         return error_response(400, _validation_message(exc))
     if isinstance(exc, StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))

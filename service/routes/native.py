@@ -80,9 +80,9 @@ def _parse(body: bytes) -> PredictRequest:
 async def predict(name: str, request: Request) -> Response:
     """Classify `inputs`; the level is chosen per request from `sparsity_level`, `latency_budget_ms`,
     `min_accuracy`, or the server's default level."""
-    body = _parse(await request.body())  # invalid: 400, counted by the handler (service.errors)
     eng = engine_of(request)
-    with eng.track(name) as rec:
+    with eng.track(name) as rec:  # counts every outcome once, a 400 or a 413 from reading too
+        body = _parse(await request.body())
         model = eng.model(name)
         budget = RequestBudget(
             level=body.sparsity_level,
