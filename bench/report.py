@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,21 +122,28 @@ def _peers_target(r: dict[str, Any]) -> dict[str, Any]:
     lower_p99 = c64["circuitserve_p99_ms"] < c64["p99_ms"]
     reached = ratio >= PEER_RATIO and lower_p99
 
-    def cpu_ms(who: str) -> float:
-        """CPU milliseconds the server spent per answered request (median over the pairs)."""
-        runs = [p[who] for p in c64["pairs"]]
-        per_run = [s.get("server_cores", math.nan) / max(s["throughput_rps"], 1e-9) for s in runs]
-        return 1e3 * statistics.median(per_run)
+    def median(who: str, figure: Callable[[dict[str, Any]], float]) -> float:
+        """A figure of one server's runs at concurrency 64, median over the pairs."""
+        return statistics.median(figure(p[who]) for p in c64["pairs"])
 
-    ours_ms, theirs_ms = cpu_ms("circuitserve"), cpu_ms("peer")
+    def cores(s: dict[str, Any]) -> float:
+        return float(s.get("server_cores", math.nan))
+
+    def cpu_ms(s: dict[str, Any]) -> float:  # CPU milliseconds per answered request
+        return 1e3 * cores(s) / max(s["throughput_rps"], 1e-9)
+
+    ours_ms, theirs_ms = median("circuitserve", cpu_ms), median("peer", cpu_ms)
+    ours_cores, theirs_cores = median("circuitserve", cores), median("peer", cores)
     why = (
         f"{best_name} answered {c64['throughput_rps']:.0f} requests/s (p99 {c64['p99_ms']:.1f} ms) against "
-        f"circuitserve's {c64['circuitserve_throughput_rps']:.0f} (p99 {c64['circuitserve_p99_ms']:.1f} ms). "
-        "Both are CPU-bound on the same 2 cores, batching the same level file, and spend "
-        f"{ours_ms:.2f} (circuitserve) and {theirs_ms:.2f} ({best_name}) ms of CPU per request, of which "
-        f"the model's compute is about {compute_ms:.2f} ms (section 2, same batches): the rest is HTTP, "
-        f"JSON and Python. Twice {best_name}'s throughput needs at most {theirs_ms / 2:.2f} ms of CPU per "
-        "request in all"
+        f"circuitserve's {c64['circuitserve_throughput_rps']:.0f} (p99 {c64['circuitserve_p99_ms']:.1f} ms), "
+        f"batching the same level file. circuitserve spends {ours_ms:.2f} ms of CPU per request against "
+        f"{best_name}'s {theirs_ms:.2f} (the model's compute is about {compute_ms:.2f} ms, section 2), but "
+        f"uses {ours_cores:.2f} cores to {best_name}'s {theirs_cores:.2f} of {os.cpu_count()}: all its "
+        "HTTP, JSON and Python work runs on one event-loop thread, in turn with the batches that thread "
+        f"feeds, so it leaves idle the share of the cores that {best_name}'s separate processes use. Twice "
+        "its throughput needs that loop to cost about half as much per request, or a second server "
+        "process per machine (uvicorn workers, each batching on its own)"
     )
     return _target(
         f"peers (better peer at c64: {best_name})",
