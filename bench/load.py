@@ -184,7 +184,7 @@ class _Pool:
 
 
 async def closed_loop(
-    target: Target,
+    target: Target | Sequence[Target],
     concurrency: int,
     duration_s: float,
     *,
@@ -192,25 +192,31 @@ async def closed_loop(
     timeout_s: float = 10.0,
     keep_bodies: bool = False,
 ) -> Run:
-    """`concurrency` workers for warmup_s + duration_s; records requests answered inside the window."""
+    """`concurrency` workers for warmup_s + duration_s; records requests answered inside the window.
+    Several targets (replicas of one server) split the workers evenly, each worker keeping to one, as a
+    Kubernetes Service spreads connections over pods."""
     clock = time.perf_counter  # not loop.time(): uvloop's clock ticks in whole milliseconds
-    requests = itertools.cycle(target.requests())
+    targets = [target] if isinstance(target, Target) else list(target)
+    assigned = [targets[i % len(targets)] for i in range(concurrency)]
+    requests = {id(t): itertools.cycle(t.requests()) for t in targets}
+    pools = {id(t): _Pool(t.url, assigned.count(t), timeout_s) for t in targets}
     records: list[Record] = []
-    pool = _Pool(target.url, concurrency, timeout_s)
     start = clock()
     window_start, end = start + warmup_s, start + warmup_s + duration_s
 
-    async def worker() -> None:
+    async def worker(to: Target) -> None:
+        pool, mine = pools[id(to)], requests[id(to)]
         while (sent := clock()) < end:
-            status, data = await pool.send(next(requests), keep_bodies)
+            status, data = await pool.send(next(mine), keep_bodies)
             done = clock()
             if window_start <= done <= end:
                 records.append(Record(sent - start, done - sent, status, data))
 
     try:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(t) for t in assigned))
     finally:
-        pool.close()
+        for pool in pools.values():
+            pool.close()
     return Run(records, duration_s)
 
 

@@ -72,6 +72,13 @@ def headline(r: dict[str, Any]) -> list[str]:
                 f"{c64['throughput_rps']:.0f}/s), p99 {c64['circuitserve_p99_ms']:.0f} vs "
                 f"{c64['p99_ms']:.0f} ms."
             )
+    s = r["scale_out"]
+    if s["status"] == "ok":
+        lines.append(
+            f"- scale-out, {s['replicas']} instances each: circuitserve answers {s['throughput_ratio']:.2f}x "
+            f"the requests of {s['peer']} ({s['circuitserve_throughput_rps']:.0f} vs "
+            f"{s['throughput_rps']:.0f}/s), p99 {s['circuitserve_p99_ms']:.0f} vs {s['p99_ms']:.0f} ms."
+        )
     o = r["overload"]
     for factor, phase in _phases(o, "x"):
         a, f = phase["adaptive"], phase["full_only"]
@@ -167,7 +174,38 @@ def peers(r: dict[str, Any]) -> list[str]:
             ("ratio", _field("throughput_ratio")),
         ]
         lines += [f"**{name}**", "", *table(columns, _phases(entry, "c"))]
-    return lines
+    return [*lines, *scale_out(r)]
+
+
+def scale_out(r: dict[str, Any]) -> list[str]:
+    s = r["scale_out"]
+    n, c = s["replicas"], s["concurrency"]
+    lines = [
+        f"**scale-out**: the better peer above and circuitserve, each as {n} instances on this machine "
+        f"(one port each; the generator's {c} connections split evenly between them, as a Kubernetes "
+        "Service spreads connections over pods), paired the same way.",
+        "",
+    ]
+    if s["status"] != "ok":
+        return [*lines, f"Status: {s['status']}", ""]
+    columns: list[Column] = [
+        ("pair", _key()),
+        (f"{n} x {s['peer']} req/s", _field("peer", "throughput_rps")),
+        ("p99 ms", _field("peer", "p99_ms")),
+        (f"{n} x circuitserve req/s", _field("circuitserve", "throughput_rps")),
+        ("circuitserve p99 ms", _field("circuitserve", "p99_ms")),
+        ("ratio", _field("throughput_ratio")),
+    ]
+    rows = [(str(i + 1), pair) for i, pair in enumerate(s["pairs"])]
+    median = {
+        "peer": {"throughput_rps": s["throughput_rps"], "p99_ms": s["p99_ms"]},
+        "circuitserve": {
+            "throughput_rps": s["circuitserve_throughput_rps"],
+            "p99_ms": s["circuitserve_p99_ms"],
+        },
+        "throughput_ratio": s["throughput_ratio"],
+    }
+    return [*lines, *table(columns, [*rows, ("median", median)])]
 
 
 def overload(r: dict[str, Any]) -> list[str]:

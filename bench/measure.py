@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,12 +74,20 @@ def _self_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def with_cores(server: Server, phase: Callable[[], Coroutine[Any, Any, load.Run]]) -> load.Run:
-    """Run one load phase; record the cores the server and the load generator used meanwhile."""
-    server_cpu, client_cpu, start = cpu_seconds(server.pid), _self_cpu(), time.perf_counter()
+def _servers_cpu(servers: Sequence[Server]) -> float | None:
+    seconds = [cpu_seconds(s.pid) for s in servers]
+    return None if None in seconds else sum(t for t in seconds if t is not None)
+
+
+def with_cores(
+    servers: Server | Sequence[Server], phase: Callable[[], Coroutine[Any, Any, load.Run]]
+) -> load.Run:
+    """Run one load phase; record the cores the server(s) and the load generator used meanwhile."""
+    servers = [servers] if isinstance(servers, Server) else servers
+    server_cpu, client_cpu, start = _servers_cpu(servers), _self_cpu(), time.perf_counter()
     run = load.run(phase())
     elapsed = time.perf_counter() - start
-    after = cpu_seconds(server.pid)
+    after = _servers_cpu(servers)
     if server_cpu is not None and after is not None:
         run.extra["server_cores"] = (after - server_cpu) / elapsed
     run.extra["client_cores"] = (_self_cpu() - client_cpu) / elapsed
@@ -87,9 +95,14 @@ def with_cores(server: Server, phase: Callable[[], Coroutine[Any, Any, load.Run]
 
 
 def closed(
-    server: Server, target: load.Target, concurrency: int, plan: Plan, keep_bodies: bool = False
+    server: Server | Sequence[Server],
+    target: load.Target | Sequence[load.Target],
+    concurrency: int,
+    plan: Plan,
+    keep_bodies: bool = False,
 ) -> load.Run:
-    """A closed-loop run against `server`, with the CPU it and the load generator used."""
+    """A closed-loop run against `server` (or replicas, a target each), with the CPU the server(s) and
+    the load generator used."""
     return with_cores(
         server,
         lambda: load.closed_loop(

@@ -3,6 +3,10 @@ and the same batch limit and thread settings as circuitserve, driven by the same
 the same concurrencies. Runs are interleaved (peer A, us, peer B, us, ... for every round) and only
 one server runs at a time; each peer run is paired with the circuitserve run right after it.
 
+Then scale-out on this machine: the better peer and circuitserve each as REPLICAS separate instances
+(one port each, the generator's connections split evenly between them, as a Kubernetes Service
+spreads connections over pods), paired the same way at the highest concurrency.
+
 The peers live in their own virtual environment (never needed by the server): see
 bench/peer_apps/setup_venv.sh. A peer that is not installed or does not start is reported, not fatal."""
 
@@ -13,7 +17,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +32,11 @@ from export.manifest import Manifest
 PEERS_DIR = Path(__file__).resolve().parent / "peer_apps"
 PYTHON_ENV = "CIRCUITSERVE_BENCH_PEERS_PYTHON"  # the peers' interpreter; "none" skips the peers
 NOT_INSTALLED = "skipped: not installed"
+REPLICAS = 2  # instances per server in the scale-out pairs: one per core here
 
-Launcher = Callable[[], AbstractContextManager[Server]]
+Launcher = Callable[[Path], AbstractContextManager[Server]]  # one instance, its log in that folder
 Figures = dict[str, float]  # one closed-loop run (bench.measure.summary)
+Pair = tuple[dict[int, Figures], dict[int, Figures]]  # (peer, circuitserve) figures by concurrency
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,9 @@ def _peer_env(onnx: Path, cache: Path) -> dict[str, str]:
     }
 
 
-def launcher(peer: Peer, python: Path, onnx: Path, cache: Path, log_dir: Path) -> Launcher:
+def launcher(peer: Peer, python: Path, onnx: Path, cache: Path) -> Launcher:
     @contextmanager
-    def start() -> Iterator[Server]:
+    def start(log_dir: Path) -> Iterator[Server]:
         port = free_port()
         if peer.name == "litserve":
             cmd, health = [str(python), str(PEERS_DIR / "litserve_app.py"), str(port)], "/health"
@@ -96,11 +102,21 @@ def launcher(peer: Peer, python: Path, onnx: Path, cache: Path, log_dir: Path) -
     return start
 
 
-def _measure(start: Launcher, api: Api, examples: np.ndarray, plan: Plan) -> dict[int, Figures]:
-    """Start a server, run every concurrency against it, stop it."""
-    with start() as server:
-        target = api.target(server, examples)
-        return {c: summary(closed(server, target, c, plan)) for c in plan.concurrencies}
+def _measure(
+    start: Launcher,
+    api: Api,
+    examples: np.ndarray,
+    plan: Plan,
+    log_dir: Path,
+    concurrencies: tuple[int, ...],
+    replicas: int = 1,
+) -> dict[int, Figures]:
+    """Start `replicas` instances of a server, run each concurrency against them, stop them."""
+    with ExitStack() as stack:
+        folders = [log_dir] if replicas == 1 else [log_dir / f"replica-{i}" for i in range(replicas)]
+        servers = [stack.enter_context(start(folder)) for folder in folders]
+        targets = [api.target(server, examples) for server in servers]
+        return {c: summary(closed(servers, targets, c, plan)) for c in concurrencies}
 
 
 def _median(values: list[float]) -> float:
@@ -131,7 +147,8 @@ def _log(msg: str) -> None:
 
 def run_peers(
     plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, cache: Path, log_dir: Path
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the single-instance pairs by peer, the scale-out pairs)"""
     python = peers_python(cache)
     full = manifest.sorted_levels()[0]
     out: dict[str, Any] = {
@@ -149,11 +166,24 @@ def run_peers(
         else:
             out[peer.name] = {"status": NOT_INSTALLED}
     if not active or python is None:
-        return out
+        return out, _scale_out(plan, [], out, None)
 
-    ours: Launcher = lambda: our_server(bundle, log_dir)  # noqa: E731
-    our_api = circuitserve_api(manifest.name)
-    pairs: dict[str, list[tuple[dict[int, Figures], dict[int, Figures]]]] = {}
+    def pair(peer: Peer, concurrencies: tuple[int, ...], replicas: int) -> Pair:
+        """The peer's runs, then circuitserve's, as `replicas` instances each."""
+        theirs = _measure(
+            launcher(peer, python, bundle / full.file, cache),
+            peer.api,
+            examples,
+            plan,
+            log_dir,
+            concurrencies,
+            replicas,
+        )
+        ours = lambda folder: our_server(bundle, folder)  # noqa: E731
+        our_api = circuitserve_api(manifest.name)
+        return theirs, _measure(ours, our_api, examples, plan, log_dir, concurrencies, replicas)
+
+    pairs: dict[str, list[Pair]] = {}
     failed: dict[str, str] = {}
     for r in range(plan.peer_rounds):
         for peer in active:
@@ -161,24 +191,42 @@ def run_peers(
                 continue
             _log(f"peers round {r + 1}/{plan.peer_rounds}: {peer.name}, then circuitserve")
             try:
-                theirs = _measure(
-                    launcher(peer, python, bundle / full.file, cache, log_dir),
-                    peer.api,
-                    examples,
-                    plan,
-                )
+                pairs.setdefault(peer.name, []).append(pair(peer, plan.concurrencies, 1))
             except ServerError as exc:
                 failed[peer.name] = f"failed: {exc}"
-                continue
-            pairs.setdefault(peer.name, []).append((theirs, _measure(ours, our_api, examples, plan)))
 
     for peer in active:
         if peer.name in failed:
             out[peer.name] = {"status": failed[peer.name].splitlines()[0][:300]}
             continue
-        runs = pairs[peer.name]
         entry: dict[str, Any] = {"status": "ok"}
         for c in plan.concurrencies:
-            entry[f"c{c}"] = _pairs_summary([(theirs[c], mine[c]) for theirs, mine in runs])
+            entry[f"c{c}"] = _pairs_summary([(theirs[c], mine[c]) for theirs, mine in pairs[peer.name]])
         out[peer.name] = entry
-    return out
+    return out, _scale_out(plan, [p for p in active if p.name not in failed], out, pair)
+
+
+def _scale_out(
+    plan: Plan,
+    measured: list[Peer],
+    out: dict[str, Any],
+    pair: Callable[[Peer, tuple[int, ...], int], Pair] | None,
+) -> dict[str, Any]:
+    """The better peer (by single-instance throughput at the top concurrency) and circuitserve,
+    REPLICAS instances each, paired at that concurrency."""
+    top = max(plan.concurrencies)
+    entry: dict[str, Any] = {"replicas": REPLICAS, "concurrency": top}
+    if not measured or pair is None:
+        return {**entry, "status": "skipped: no peer measured"}
+    best = max(measured, key=lambda p: float(out[p.name][f"c{top}"]["throughput_rps"]))
+    runs = []
+    try:
+        for r in range(plan.peer_rounds):
+            _log(
+                f"scale-out round {r + 1}/{plan.peer_rounds}: {REPLICAS} x {best.name}, then {REPLICAS} x us"
+            )
+            theirs, mine = pair(best, (top,), REPLICAS)
+            runs.append((theirs[top], mine[top]))
+    except ServerError as exc:
+        return {**entry, "peer": best.name, "status": f"failed: {exc}".splitlines()[0][:300]}
+    return {**entry, "peer": best.name, "status": "ok", **_pairs_summary(runs)}

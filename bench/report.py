@@ -27,6 +27,7 @@ OVERHEAD_RATIO = 0.85
 PEER_RATIO = 2.0
 OVERLOAD_WITHIN = 0.99
 OVERLOAD_ACCURACY_GAP = 0.03
+PEER_GOAL = f"≥ {PEER_RATIO:.0f}x the throughput of the better peer at concurrency 64, with lower p99"
 
 
 def _cpu_model() -> str:
@@ -108,23 +109,15 @@ def _overhead_target(name: str, o: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _peers_target(r: dict[str, Any]) -> dict[str, Any]:
-    peers = r["peers"]
-    compute_ms = 1e3 / r["overhead"]["small"]["c64"]["raw_onnxruntime"]["throughput_rps"]
-    goal = f"≥ {PEER_RATIO:.0f}x the throughput of the better peer at concurrency 64, with lower p99"
-    measured = {k: v for k, v in peers.items() if isinstance(v, dict) and v.get("status") == "ok"}
-    if not measured:
-        states = ", ".join(f"{k}: {v['status']}" for k, v in peers.items() if isinstance(v, dict))
-        return _target("peers", goal, "not measured", None, states)
-    best_name, best = max(measured.items(), key=lambda kv: kv[1]["c64"]["throughput_rps"])
-    c64 = best["c64"]
-    ratio = c64["throughput_ratio"]
-    lower_p99 = c64["circuitserve_p99_ms"] < c64["p99_ms"]
-    reached = ratio >= PEER_RATIO and lower_p99
+def _versus(peer: str, entry: dict[str, Any]) -> tuple[bool, str, str]:
+    """circuitserve against `peer` from their pairs at one concurrency (bench.peers._pairs_summary):
+    (target reached, what was measured, the figures behind it)."""
+    ratio = entry["throughput_ratio"]
+    reached = ratio >= PEER_RATIO and entry["circuitserve_p99_ms"] < entry["p99_ms"]
 
     def median(who: str, figure: Callable[[dict[str, Any]], float]) -> float:
-        """A figure of one server's runs at concurrency 64, median over the pairs."""
-        return statistics.median(figure(p[who]) for p in c64["pairs"])
+        """A figure of one server's runs, median over the pairs."""
+        return statistics.median(figure(p[who]) for p in entry["pairs"])
 
     def cores(s: dict[str, Any]) -> float:
         return float(s.get("server_cores", math.nan))
@@ -132,26 +125,48 @@ def _peers_target(r: dict[str, Any]) -> dict[str, Any]:
     def cpu_ms(s: dict[str, Any]) -> float:  # CPU milliseconds per answered request
         return 1e3 * cores(s) / max(s["throughput_rps"], 1e-9)
 
-    ours_ms, theirs_ms = median("circuitserve", cpu_ms), median("peer", cpu_ms)
-    ours_cores, theirs_cores = median("circuitserve", cores), median("peer", cores)
+    measured = (
+        f"{ratio:.2f}x throughput; p99 {entry['circuitserve_p99_ms']:.1f} ms vs {entry['p99_ms']:.1f} ms"
+    )
+    facts = (
+        f"{peer} answered {entry['throughput_rps']:.0f} requests/s (p99 {entry['p99_ms']:.1f} ms) against "
+        f"circuitserve's {entry['circuitserve_throughput_rps']:.0f} (p99 {entry['circuitserve_p99_ms']:.1f} "
+        f"ms), batching the same level file. circuitserve spends {median('circuitserve', cpu_ms):.2f} ms of "
+        f"CPU per request against {peer}'s {median('peer', cpu_ms):.2f}, using "
+        f"{median('circuitserve', cores):.2f} cores to {peer}'s {median('peer', cores):.2f} "
+        f"of {os.cpu_count()}"
+    )
+    return reached, measured, facts
+
+
+def _peers_target(r: dict[str, Any]) -> dict[str, Any]:
+    peers = r["peers"]
+    compute_ms = 1e3 / r["overhead"]["small"]["c64"]["raw_onnxruntime"]["throughput_rps"]
+    measured = {k: v for k, v in peers.items() if isinstance(v, dict) and v.get("status") == "ok"}
+    if not measured:
+        states = ", ".join(f"{k}: {v['status']}" for k, v in peers.items() if isinstance(v, dict))
+        return _target("peers", PEER_GOAL, "not measured", None, states)
+    best_name, best = max(measured.items(), key=lambda kv: kv[1]["c64"]["throughput_rps"])
+    reached, figures, facts = _versus(best_name, best["c64"])
     why = (
-        f"{best_name} answered {c64['throughput_rps']:.0f} requests/s (p99 {c64['p99_ms']:.1f} ms) against "
-        f"circuitserve's {c64['circuitserve_throughput_rps']:.0f} (p99 {c64['circuitserve_p99_ms']:.1f} ms), "
-        f"batching the same level file. circuitserve spends {ours_ms:.2f} ms of CPU per request against "
-        f"{best_name}'s {theirs_ms:.2f} (the model's compute is about {compute_ms:.2f} ms, section 2), but "
-        f"uses {ours_cores:.2f} cores to {best_name}'s {theirs_cores:.2f} of {os.cpu_count()}: all its "
-        "HTTP, JSON and Python work runs on one event-loop thread, in turn with the batches that thread "
-        f"feeds, so it leaves idle the share of the cores that {best_name}'s separate processes use. Twice "
-        "its throughput needs that loop to cost about half as much per request, or a second server "
-        "process per machine (uvicorn workers, each batching on its own)"
+        f"{facts}; the model's compute is about {compute_ms:.2f} ms per sample (section 2). All of "
+        "circuitserve's HTTP, JSON and Python work runs on one event-loop thread, in turn with the batches "
+        f"that thread feeds, so one instance leaves idle the share of the cores that {best_name}'s separate "
+        "processes use; see the scale-out pairs for both as several instances"
     )
     return _target(
-        f"peers (better peer at c64: {best_name})",
-        goal,
-        f"{ratio:.2f}x throughput; p99 {c64['circuitserve_p99_ms']:.1f} ms vs {c64['p99_ms']:.1f} ms",
-        reached,
-        "" if reached else why,
+        f"peers (better peer at c64: {best_name})", PEER_GOAL, figures, reached, "" if reached else why
     )
+
+
+def _scale_out_target(r: dict[str, Any]) -> dict[str, Any]:
+    s = r["scale_out"]
+    name = f"peers at scale-out ({s['replicas']} instances each)"
+    if s["status"] != "ok":
+        return _target(name, PEER_GOAL, "not measured", None, s["status"])
+    reached, figures, facts = _versus(s["peer"], s)
+    why = f"{facts}, each as {s['replicas']} instances with the connections split evenly between them"
+    return _target(f"{name}, against {s['peer']}", PEER_GOAL, figures, reached, "" if reached else why)
 
 
 def _overload_target(r: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +236,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         *(_overhead_target(name, o) for name, o in r["overhead"].items()),
         _peers_target(r),
+        _scale_out_target(r),
         _overload_target(r),
     ]
 

@@ -89,7 +89,9 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
             lambda: run_overhead(plan, large, large_manifest, large_x, logs),
         ),
     }
-    peers = _timed("peers", seconds, lambda: run_peers(plan, small, small_manifest, small_x, cache, logs))
+    peers, scale_out = _timed(
+        "peers", seconds, lambda: run_peers(plan, small, small_manifest, small_x, cache, logs)
+    )
     overload = _timed("overload", seconds, lambda: run_overload(plan, large, large_manifest, large_x, logs))
     return {
         "meta": report.meta(plan, started, load_before, seconds),
@@ -97,6 +99,7 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
         "levels": levels,
         "overhead": overhead,
         "peers": peers,
+        "scale_out": scale_out,
         "overload": overload,
     }
 

@@ -127,6 +127,15 @@ def test_generator_reads_chunked_bodies_reconnects_after_close_and_records_statu
     assert refused.records and {r.status for r in refused.records} == {503}
 
 
+def test_closed_loop_splits_its_connections_evenly_over_replicas(slow_server: str) -> None:
+    base = slow_server.removesuffix("/slow")
+    replicas = [load.Target(base + "/echo", [b'"a"']), load.Target(base + "/echo", [b'"b"'])]
+    run = load.run(load.closed_loop(replicas, 6, 0.5, warmup_s=0.0, keep_bodies=True))
+    a, b = (sum(r.body == body for r in run.ok) for body in (b'"a"', b'"b"'))
+    assert run.error_fraction() == 0 and a + b == len(run.records) > 20
+    assert abs(a - b) / (a + b) < 0.25  # three connections each, answered alike
+
+
 def test_generator_reconnects_when_the_server_closed_an_idle_connection(slow_server: str) -> None:
     target = load.Target(slow_server.removesuffix("/slow") + "/status/200", [b"{}"])
     run = load.run(load.open_loop(target, [0.0, 0.05, 0.8, 0.85], connections=1))  # idle 0.75 s > 0.3 s
@@ -191,7 +200,9 @@ def test_quick_report_files(quick_report: tuple[dict[str, Any], Path]) -> None:
         assert (out / image).stat().st_size > 1000 and f"]({image})" in md
     assert "## Targets" in md and "## Closing note" in md and "circuitserve bench --quick" in md
     assert report["meta"]["quick"] is True and report["meta"]["machine"]
-    assert set(report) == {"meta", "models", "levels", "overhead", "peers", "overload", "noise", "targets"}
+    assert set(report) == {
+        *("meta", "models", "levels", "overhead", "peers", "scale_out", "overload", "noise", "targets")
+    }
 
 
 @pytest.mark.slow
@@ -230,6 +241,13 @@ def test_quick_report_peers(quick_report: tuple[dict[str, Any], Path]) -> None:
         assert entry["status"] == "ok" or entry["status"].startswith(("skipped", "failed"))
         if entry["status"] == "ok":
             assert entry["c64"]["throughput_rps"] > 0 and entry["c64"]["throughput_ratio"] > 0
+    scale_out = quick_report[0]["scale_out"]
+    assert scale_out["replicas"] == 2 and scale_out["concurrency"] == 64
+    assert scale_out["status"] == "ok" or scale_out["status"].startswith(("skipped", "failed"))
+    if scale_out["status"] == "ok":
+        assert scale_out["peer"] in peers and scale_out["throughput_ratio"] > 0
+        for pair in scale_out["pairs"]:
+            assert pair["circuitserve"]["error_fraction"] == 0 and pair["peer"]["throughput_rps"] > 0
 
 
 @pytest.mark.slow
@@ -250,7 +268,7 @@ def test_quick_report_overload(quick_report: tuple[dict[str, Any], Path]) -> Non
 @pytest.mark.slow
 def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None:
     targets = quick_report[0]["targets"]
-    assert len(targets) == 4
+    assert len(targets) == 5  # overhead x2, peers, peers at scale-out, overload
     for t in targets:
         assert t["reached"] in (True, False, None) and t["goal"] and t["measured"]
         assert t["reached"] is True or t["why"]  # a target not reached says why
