@@ -20,6 +20,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def percent(v: float) -> str:
+    """A fraction as a percentage; below 1%, with two decimals (0.05%, not 0.1%)."""
+    return f"{v:.2%}" if 0 < v < 0.01 else f"{v:.1%}"
+
+
 def table(columns: list[Column], items: Iterable[tuple[str, Row]]) -> list[str]:
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(get(k, v)) for _, get in columns) + " |" for k, v in items]
@@ -83,8 +88,9 @@ def headline(r: dict[str, Any]) -> list[str]:
     for factor, phase in _phases(o, "x"):
         a, f = phase["adaptive"], phase["full_only"]
         lines.append(
-            f"- overload {factor}: {a['within_budget']:.1%} answered within {o['budget_ms']:.0f} ms with "
-            f"expected accuracy {_fmt(a['expected_accuracy'])}; pinned to full: {f['within_budget']:.1%}."
+            f"- overload {factor}: {percent(a['within_budget'])} answered within {o['budget_ms']:.0f} ms "
+            f"with expected accuracy {_fmt(a['expected_accuracy'])}; pinned to full: "
+            f"{percent(f['within_budget'])}."
         )
     return [*lines, ""]
 

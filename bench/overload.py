@@ -48,7 +48,7 @@ def outcome(
     return {
         "offered_rps": round(offered_rps, 1),
         "sent": sent,
-        "within_budget": round(len(in_time) / sent, 4) if sent else 0.0,
+        "within_budget": round(len(in_time) / sent, 6) if sent else 0.0,
         "answered": round(len(answered) / sent, 4) if sent else 0.0,
         "expected_accuracy": round(float(np.mean([accuracy[lv] for _, lv in answered])), 4)
         if answered

@@ -34,6 +34,11 @@ PYTHON_ENV = "CIRCUITSERVE_BENCH_PEERS_PYTHON"  # the peers' interpreter; "none"
 NOT_INSTALLED = "skipped: not installed"
 REPLICAS = 2  # instances per server in the scale-out pairs: one per core here
 
+
+class PeerDown(Exception):
+    """A peer did not start or died: reported, not fatal (circuitserve's own failures propagate)."""
+
+
 Launcher = Callable[[Path], AbstractContextManager[Server]]  # one instance, its log in that folder
 Figures = dict[str, float]  # one closed-loop run (bench.measure.summary)
 Pair = tuple[dict[int, Figures], dict[int, Figures]]  # (peer, circuitserve) figures by concurrency
@@ -170,15 +175,18 @@ def run_peers(
 
     def pair(peer: Peer, concurrencies: tuple[int, ...], replicas: int) -> Pair:
         """The peer's runs, then circuitserve's, as `replicas` instances each."""
-        theirs = _measure(
-            launcher(peer, python, bundle / full.file, cache),
-            peer.api,
-            examples,
-            plan,
-            log_dir,
-            concurrencies,
-            replicas,
-        )
+        try:
+            theirs = _measure(
+                launcher(peer, python, bundle / full.file, cache),
+                peer.api,
+                examples,
+                plan,
+                log_dir,
+                concurrencies,
+                replicas,
+            )
+        except ServerError as exc:
+            raise PeerDown(str(exc)) from exc
         ours = lambda folder: our_server(bundle, folder)  # noqa: E731
         our_api = circuitserve_api(manifest.name)
         return theirs, _measure(ours, our_api, examples, plan, log_dir, concurrencies, replicas)
@@ -192,7 +200,7 @@ def run_peers(
             _log(f"peers round {r + 1}/{plan.peer_rounds}: {peer.name}, then circuitserve")
             try:
                 pairs.setdefault(peer.name, []).append(pair(peer, plan.concurrencies, 1))
-            except ServerError as exc:
+            except PeerDown as exc:
                 failed[peer.name] = f"failed: {exc}"
 
     for peer in active:
@@ -227,6 +235,6 @@ def _scale_out(
             )
             theirs, mine = pair(best, (top,), REPLICAS)
             runs.append((theirs[top], mine[top]))
-    except ServerError as exc:
+    except PeerDown as exc:
         return {**entry, "peer": best.name, "status": f"failed: {exc}".splitlines()[0][:300]}
     return {**entry, "peer": best.name, "status": "ok", **_pairs_summary(runs)}

@@ -47,7 +47,7 @@ FULL = Plan(
     datasets={"digits": BundleSpec("digits"), "mnist1d": BundleSpec("mnist1d")},
     serving=BundleSpec("digits"),
     # 256 modules, dim 96, 3 layers: compute-bound here. Few epochs keep its training to minutes.
-    overload=BundleSpec("digits", preset="large", epochs=24, name="digits-large"),
+    overload=BundleSpec("digits", preset="large", epochs=40, name="digits-large"),
     export_random=True,
     profile_s=1.5,
     load_s=6.0,

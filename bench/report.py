@@ -162,11 +162,12 @@ def _peers_target(r: dict[str, Any]) -> dict[str, Any]:
 def _scale_out_target(r: dict[str, Any]) -> dict[str, Any]:
     s = r["scale_out"]
     name = f"peers at scale-out ({s['replicas']} instances each)"
+    goal = f"{PEER_GOAL}, each server run as {s['replicas']} instances on this machine"
     if s["status"] != "ok":
-        return _target(name, PEER_GOAL, "not measured", None, s["status"])
+        return _target(name, goal, "not measured", None, s["status"])
     reached, figures, facts = _versus(s["peer"], s)
     why = f"{facts}, each as {s['replicas']} instances with the connections split evenly between them"
-    return _target(f"{name}, against {s['peer']}", PEER_GOAL, figures, reached, "" if reached else why)
+    return _target(f"{name}, against {s['peer']}", goal, figures, reached, "" if reached else why)
 
 
 def _overload_target(r: dict[str, Any]) -> dict[str, Any]:
@@ -186,8 +187,9 @@ def _overload_target(r: dict[str, Any]) -> dict[str, Any]:
     else:
         versus = f"{abs(gap) * 100:.1f} points {'below' if gap >= 0 else 'above'} the full level"
     measured = (
-        f"{a['within_budget']:.1%} within budget, expected accuracy {a['expected_accuracy']} ({versus}); "
-        f"pinned to full: {f['within_budget']:.1%} within budget"
+        f"{markdown.percent(a['within_budget'])} within budget, expected accuracy "
+        f"{a['expected_accuracy']} ({versus}); pinned to full: {markdown.percent(f['within_budget'])} "
+        "within budget"
     )
     late = a["answered"] - a["within_budget"]
     ceiling = max(

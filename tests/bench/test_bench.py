@@ -40,9 +40,11 @@ def test_schedule_is_seeded_and_even_spacing_is_exact() -> None:
 def slow_server() -> Iterator[str]:
     """An HTTP server on 127.0.0.1 (aiohttp's, not ours): POST /slow answers after 200 ms; /echo
     answers the body back in chunks (chunked encoding); /close answers, then closes the connection;
-    /status/N answers N; /hang answers after 2 s."""
+    /status/N answers N; /hang answers after 2 s; /tagged/T answers after 20 ms with T and how many
+    /tagged/T requests were in flight when it arrived (itself included)."""
     started: list[str] = []
     stop = asyncio.Event()
+    in_flight: dict[str, int] = {}
 
     async def handler(request: web.Request) -> web.Response:
         await request.read()
@@ -69,6 +71,15 @@ def slow_server() -> Iterator[str]:
         await request.read()
         return web.Response(status=int(request.match_info["code"]), text="no")
 
+    async def tagged(request: web.Request) -> web.Response:
+        await request.read()
+        tag = request.match_info["tag"]
+        in_flight[tag] = in_flight.get(tag, 0) + 1
+        seen = in_flight[tag]
+        await asyncio.sleep(0.02)
+        in_flight[tag] -= 1
+        return web.json_response({"tag": tag, "in_flight": seen})
+
     async def hang(request: web.Request) -> web.Response:
         await asyncio.sleep(2)  # far past the client's timeout in the test, short for the teardown
         return web.Response(text="too late")
@@ -80,6 +91,7 @@ def slow_server() -> Iterator[str]:
         app.router.add_post("/close", close)
         app.router.add_post("/status/{code}", status)
         app.router.add_post("/hang", hang)
+        app.router.add_post("/tagged/{tag}", tagged)
         runner = web.AppRunner(app, keepalive_timeout=0.3)  # idle connections closed quickly
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -129,11 +141,14 @@ def test_generator_reads_chunked_bodies_reconnects_after_close_and_records_statu
 
 def test_closed_loop_splits_its_connections_evenly_over_replicas(slow_server: str) -> None:
     base = slow_server.removesuffix("/slow")
-    replicas = [load.Target(base + "/echo", [b'"a"']), load.Target(base + "/echo", [b'"b"'])]
+    replicas = [load.Target(f"{base}/tagged/{tag}", [b"{}"]) for tag in ("a", "b")]
     run = load.run(load.closed_loop(replicas, 6, 0.5, warmup_s=0.0, keep_bodies=True))
-    a, b = (sum(r.body == body for r in run.ok) for body in (b'"a"', b'"b"'))
-    assert run.error_fraction() == 0 and a + b == len(run.records) > 20
-    assert abs(a - b) / (a + b) < 0.25  # three connections each, answered alike
+    answers = [json.loads(r.body) for r in run.ok if r.body is not None]
+    assert run.error_fraction() == 0 and len(answers) == len(run.records) > 40
+    for tag in ("a", "b"):  # each replica got its own URL, three workers' worth of requests at a time
+        mine = [a for a in answers if a["tag"] == tag]
+        assert 0.35 < len(mine) / len(answers) < 0.65
+        assert max(a["in_flight"] for a in mine) == 3
 
 
 def test_generator_reconnects_when_the_server_closed_an_idle_connection(slow_server: str) -> None:
@@ -167,6 +182,55 @@ def test_closed_loop_keeps_concurrency_requests_in_flight(slow_server: str) -> N
     assert 8 * 4 <= len(run.records) <= 8 * 7  # 8 workers x ~5 answers of 0.2 s each in 1 s
     assert run.throughput() == pytest.approx(40, rel=0.3)
     assert 190 <= run.latency_ms(50) < 400
+
+
+def test_replicas_of_circuitserve_run_side_by_side(trained_bundle: Path, tmp_path: Path) -> None:
+    from bench.measure import circuitserve_api, our_server
+    from bench.peers import _measure
+    from bench.plan import QUICK
+    from export.manifest import read_manifest
+
+    manifest = read_manifest(trained_bundle)
+    examples = np.random.default_rng(0).uniform(0, 16, (20, *manifest.input.shape[1:])).astype(np.float32)
+    figures = _measure(
+        lambda folder: our_server(trained_bundle, folder),
+        circuitserve_api(manifest.name),
+        examples,
+        QUICK,
+        tmp_path,
+        (8,),
+        replicas=2,
+    )
+    assert figures[8]["error_fraction"] == 0 and figures[8]["throughput_rps"] > 0
+    assert figures[8]["server_cores"] > 0  # the CPU of both instances
+    for i in (0, 1):  # one log each: two servers ran
+        assert (tmp_path / f"replica-{i}" / "circuitserve.log").is_file()
+
+
+def test_scale_out_target_and_table_from_figures() -> None:
+    from bench import markdown, report
+
+    def run(rps: float, p99: float, cores: float) -> dict[str, float]:
+        return {"throughput_rps": rps, "p99_ms": p99, "server_cores": cores}
+
+    pairs = [
+        {"peer": run(900.0, 150.0, 1.8), "circuitserve": run(2400.0, 40.0, 1.8), "throughput_ratio": 2.67}
+    ]
+    s = {"replicas": 2, "concurrency": 64, "peer": "litserve", "status": "ok", "pairs": pairs}
+    s |= {"throughput_rps": 900.0, "p99_ms": 150.0, "circuitserve_throughput_rps": 2400.0}
+    s |= {"circuitserve_p99_ms": 40.0, "throughput_ratio": 2.67}
+    target = report._scale_out_target({"scale_out": s})
+    assert target["reached"] is True and "2 instances" in target["goal"] and target["why"] == ""
+    slower = s | {"throughput_ratio": 1.5}
+    missed = report._scale_out_target({"scale_out": slower})
+    assert missed["reached"] is False  # 1.8 cores over 2400 and 900 requests/s:
+    assert "0.75 ms of CPU per request against litserve's 2.00" in missed["why"]
+    worse_p99 = s | {"circuitserve_p99_ms": 200.0}
+    assert report._scale_out_target({"scale_out": worse_p99})["reached"] is False
+    skipped = {"replicas": 2, "concurrency": 64, "status": "skipped: no peer measured"}
+    assert report._scale_out_target({"scale_out": skipped})["reached"] is None
+    table = "\n".join(markdown.scale_out({"scale_out": s}))
+    assert "| 1 | 900.0 | 150.0 | 2400.0 | 40.00 | 2.67 |" in table and "| median |" in table
 
 
 # ---------------------------------------------------------------------------------------------
