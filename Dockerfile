@@ -51,18 +51,20 @@ COPY pyproject.toml README.md ./
 COPY scripts/install.sh scripts/
 # Dependency layer: the real project metadata over empty packages, so this layer is rebuilt only
 # when pyproject.toml (or README.md, which it names) changes.
-RUN mkdir -p model export service bench \
-    && touch model/__init__.py export/__init__.py service/__init__.py bench/__init__.py \
+RUN mkdir -p model export service \
+    && touch model/__init__.py export/__init__.py service/__init__.py circuitserve.py \
     && scripts/install.sh
 # Code layer: the same command again; the dependencies are already satisfied, so only circuitserve
-# itself is rebuilt (pip always reinstalls a local directory).
+# itself is rebuilt (pip always reinstalls a local directory). bench/ stays out: the server never
+# needs it, and the command imports it only inside `circuitserve bench`.
 COPY model/ model/
 COPY export/ export/
 COPY service/ service/
-COPY bench/ bench/
+COPY circuitserve.py ./
 RUN scripts/install.sh \
     && circuitserve --help > /dev/null \
-    && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the runtime image" >&2; exit 1; fi
+    && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the runtime image" >&2; exit 1; fi \
+    && if python -c "import bench" 2>/dev/null; then echo "bench must not be in the runtime image" >&2; exit 1; fi
 
 # ---------------------------------------------------------------------------------------------------
 # Bundle sources.
@@ -80,7 +82,7 @@ COPY scripts/install.sh scripts/
 COPY model/ model/
 COPY export/ export/
 COPY service/ service/
-COPY bench/ bench/
+COPY circuitserve.py ./
 RUN scripts/install.sh train
 # TRAIN_ARGS and EXPORT_ARGS are extra CLI flags, word-split on purpose.
 RUN circuitserve train --dataset digits --out /tmp/runs/digits ${TRAIN_ARGS} \

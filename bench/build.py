@@ -10,15 +10,15 @@ import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from export.build import export_bundle
 from export.manifest import MANIFEST_FILE, Manifest, read_manifest
+from model import levels
 from model.train import META, TrainConfig, train
 
-LEVELS = [Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8)]
+LEVELS = list(levels.DEFAULT)
 CACHE_VERSION = 1
 
 

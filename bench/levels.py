@@ -5,14 +5,13 @@ out-degree ranking), and a model trained without sparsity-aware training (full m
 from __future__ import annotations
 
 import statistics
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from bench.build import BundleSpec, bundle, checkpoint_meta
 from bench.plan import Plan
-from export.manifest import level_name
 from export.profile import cpu_session, time_batches
+from model import levels
 
 BATCHES = (1, 128)
 ROUNDS = 3  # levels are timed in turn, ROUNDS times over: a passing disturbance hits one round only
@@ -36,8 +35,9 @@ def level_latency(
 
 
 def _by_level_name(accuracies: dict[str, float]) -> dict[str, float]:
-    """The checkpoint's accuracy table ({"1": .., "1/2": ..}) keyed by level name ("full", "1/2")."""
-    return {level_name(Fraction(k).limit_denominator(1024)): round(v, 4) for k, v in accuracies.items()}
+    """The checkpoint's accuracy table keyed by level name ("full", "1/2"); checkpoints written before
+    model.levels named the full level "1"."""
+    return {levels.canonical(k): round(v, 4) for k, v in accuracies.items()}
 
 
 def random_order_accuracy(spec: BundleSpec, cache: Path, export: bool) -> tuple[dict[str, float], str]:
@@ -64,7 +64,7 @@ def run_dataset(plan: Plan, spec: BundleSpec, cache: Path) -> tuple[dict[str, An
         t, t_full = timings[lv.name], timings[full.name]
         table[lv.name] = {
             "keep_fraction": lv.keep_fraction,
-            "modules": lv.modules,
+            "modules": lv.units,
             "accuracy": lv.accuracy,
             "accuracy_drop": round(full.accuracy - lv.accuracy, 4),
             "accuracy_random_order": random_acc.get(lv.name),
@@ -78,7 +78,7 @@ def run_dataset(plan: Plan, spec: BundleSpec, cache: Path) -> tuple[dict[str, An
     model = {
         "dataset": spec.dataset,
         "preset": meta["train_config"].get("preset") or "(dataset default)",
-        "modules": full.modules,
+        "modules": full.units,
         "epochs": meta["train_config"]["epochs"],
         "onnxruntime_threads": manifest.profile.intra_op_threads,
         "train_seconds": meta["train_seconds"],

@@ -81,7 +81,7 @@ def run_overload(
         "model": manifest.name,
         "preset": manifest.provenance.train_config.get("preset"),
         "epochs": manifest.provenance.train_config.get("epochs"),
-        "modules": full.modules,
+        "modules": full.units,
         "budget_ms": budget,
         "level_accuracy": accuracy,
     }

@@ -121,7 +121,7 @@ def circuitserve(bundles: Sequence[Path], log_dir: Path, **settings: object) -> 
     env.setdefault("CIRCUITSERVE_LOG_LEVEL", "warning")
     env.setdefault("CIRCUITSERVE_PROVIDER", "cpu")
     env.setdefault("CIRCUITSERVE_DRAIN_TIMEOUT_S", "2")
-    cmd = [sys.executable, "-c", "from service.cli import app; app()", "serve", *map(str, bundles)]
+    cmd = [sys.executable, "-c", "from circuitserve import app; app()", "serve", *map(str, bundles)]
     cmd += ["--host", HOST, "--port", str(port)]
     ready = "/v2/health/ready"
     with process("circuitserve", cmd, port=port, health_path=ready, log_dir=log_dir, env=env) as server:

@@ -1,111 +1,138 @@
 """Checkpoint -> bundle: one ONNX graph per pruning level, checked, parity-tested against torch,
-profiled, described by manifest.json. Built in a temporary directory, then renamed into place."""
+calibrated, profiled, described by manifest.json. Built in a temporary directory, then renamed
+into place. Any registered model family exports here: only the family protocol is called.
+
+Per level: the family builds the level's smaller model; a temperature is fitted on the validation
+split and kept if it lowers the validation ECE; the family wraps the model for export (input
+normalisation, logits / T, softmax in the graph); export.onnx writes and checks it; the test split
+gives accuracy, its Wilson interval and the ECE before and after the temperature.
+"""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 import time
-import warnings
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
+from export.calibration import ECE_BINS, calibrate, expected_calibration_error, softmax, wilson_interval
 from export.manifest import (
     MANIFEST_FILE,
+    Calibration,
     InputSpec,
+    Interval,
     Level,
     Manifest,
     Normalization,
     Profile,
     Provenance,
     TensorSpec,
-    level_file,
-    level_name,
     sha256_file,
 )
+from export.onnx import PARITY_ATOL, ExportError, onnx_export
 from export.plot import plot_tradeoff
 from export.profile import code_version, cpu_session, machine_description, profile_threads, time_batches
-from model.data import load_dataset
-from model.nac import Frozen, flops_per_example, level_modules
+from model import levels
+from model.data import Split, load_dataset
+from model.families import Family, get
 from model.train import load_checkpoint
 
-PARITY_ATOL = 1e-4  # max |logit_onnx - logit_torch| on the held-out split
+__all__ = ["PARITY_ATOL", "ExportError", "export_bundle"]
 INPUT_NAME, OUTPUT_NAMES = "input", ("logits", "probabilities")
-
-
-class ExportError(RuntimeError):
-    """Export refused: bad checkpoint or levels, or a graph that fails its checks."""
-
-
-def export_level(frozen: Frozen, path: Path) -> None:
-    """One level to one self-contained ONNX file: eval mode, dynamic batch axis, full check."""
-    frozen.eval()
-    example = torch.zeros(2, *frozen.nac.cfg.input_shape)
-    # the exporter logs about optional torchvision ops and warns about its own internals: noise here
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        _export(frozen, example, path)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-
-
-def _export(frozen: Frozen, example: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(
-        frozen,
-        (example,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
-        external_data=False,
-        dynamo=True,
-        verbose=False,
-    )
-
-
-def check_parity(frozen: Frozen, path: Path, x: np.ndarray) -> np.ndarray:
-    """Run the ONNX graph and the torch level on the same inputs; return the ONNX logits."""
-    session = cpu_session(path)
-    onnx_logits = np.concatenate(
-        [session.run([OUTPUT_NAMES[0]], {INPUT_NAME: x[i : i + 256]})[0] for i in range(0, len(x), 256)]
-    )
-    with torch.no_grad():
-        torch_logits = frozen(torch.from_numpy(x))[0].numpy()
-    diff = float(np.abs(onnx_logits - torch_logits).max())
-    if diff > PARITY_ATOL or not np.array_equal(onnx_logits.argmax(-1), torch_logits.argmax(-1)):
-        raise ExportError(
-            f"{path.name}: ONNX differs from torch (max |logit diff| {diff:.2e} > {PARITY_ATOL})"
-        )
-    return onnx_logits
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+@torch.no_grad()
+def _logits(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Logits of an export module (raw input in) on every row: (n, *input_shape) -> (n, C)."""
+    module.eval()
+    return np.concatenate(
+        [module(torch.from_numpy(x[i : i + 512]))[0].numpy() for i in range(0, len(x), 512)]
+    )
+
+
+def export_level(
+    family: Family,
+    model: nn.Module,
+    fraction: Fraction,
+    order: torch.Tensor,
+    norm: tuple[torch.Tensor, torch.Tensor],
+    val: Split,
+    test: Split,
+    directory: Path,
+) -> Level:
+    """One level: prune, calibrate, export, check, measure."""
+    total = family.units(model)
+    kept = levels.units_kept(total, fraction)
+    small = family.level(model, order[:kept])
+    name, path = levels.name(fraction), directory / levels.file_name(fraction)
+    _log(f"level {name}: {kept} of {total} {family.unit}: exporting...")
+    temperature = calibrate(_logits(family.export_module(small, *norm, 1.0), val.x), val.y)
+    module = family.export_module(small, *norm, temperature)
+    logits, probs = onnx_export(
+        module, path, family.input_shape(small), INPUT_NAME, OUTPUT_NAMES, test.x, PARITY_ATOL
+    )
+    correct, n = int((logits.argmax(-1) == test.y).sum()), len(test.y)
+    low, high = wilson_interval(correct, n)
+    level = Level(
+        name=name,
+        keep_fraction=float(fraction),
+        units=kept,
+        knobs=family.knobs(small),
+        file=path.name,
+        sha256=sha256_file(path),
+        accuracy=round(correct / n, 4),
+        test_size=n,
+        accuracy_interval=Interval(low=round(low, 4), high=round(high, 4)),
+        calibration=Calibration(
+            temperature=round(temperature, 4),
+            ece=round(expected_calibration_error(probs, test.y), 4),
+            ece_uncalibrated=round(expected_calibration_error(softmax(logits * temperature), test.y), 4),
+            bins=ECE_BINS,
+        ),
+        latency=time_batches(cpu_session(path), test.x.shape[1:]),
+        params=sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer),
+        flops=family.flops(small),
+    )
+    cal = level.calibration
+    assert cal is not None
+    _log(
+        f"level {name}: accuracy {level.accuracy:.4f} [{low:.4f}, {high:.4f}] of {n}, "
+        f"ECE {cal.ece_uncalibrated:.4f} -> {cal.ece:.4f} (T {cal.temperature:.3f}), "
+        f"batch-128 median {level.latency[-1].median_ms:.2f} ms"
+    )
+    return level
+
+
 def export_bundle(
-    checkpoint: Path, out: Path, levels: list[Fraction], name: str | None = None, ranking: str = "outdegree"
+    checkpoint: Path,
+    out: Path,
+    fractions: list[Fraction],
+    name: str | None = None,
+    ranking: str = "outdegree",
 ) -> Manifest:
-    if len(set(levels)) != len(levels):
-        raise ExportError(f"duplicate levels: {[str(f) for f in levels]}")
-    if any(not 0 < f <= 1 for f in levels):
-        raise ExportError(f"keep fractions must be in (0, 1]: {[str(f) for f in levels]}")
+    try:
+        levels.validate(fractions)
+    except levels.LevelError as exc:
+        raise ExportError(str(exc)) from exc
     try:
         model, meta = load_checkpoint(checkpoint)
+        family = get(meta["family"])
         order = torch.tensor(meta["ranking"][ranking])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise ExportError(f"{checkpoint}: bad checkpoint ({exc})") from exc
     data = load_dataset(meta["dataset"], meta["seed"])
-    mean = torch.tensor(meta["normalization"]["mean"])
-    std = torch.tensor(meta["normalization"]["std"])
-    x_test = data.test.x
+    norm = (torch.tensor(meta["normalization"]["mean"]), torch.tensor(meta["normalization"]["std"]))
     start = time.monotonic()
 
     out = Path(out)
@@ -113,37 +140,17 @@ def export_bundle(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        entries = []
-        for f in sorted(levels, reverse=True):
-            k = level_modules(model.cfg.modules, float(f))
-            frozen = Frozen(model.prune(order[:k]), mean, std)
-            path = tmp / level_file(f)
-            _log(f"level {level_name(f)}: {k} of {model.cfg.modules} modules: exporting...")
-            export_level(frozen, path)
-            logits = check_parity(frozen, path, x_test)
-            tok = frozen.nac.tokenizer
-            entries.append(
-                Level(
-                    name=level_name(f),
-                    keep_fraction=float(f),
-                    modules=k,
-                    file=path.name,
-                    sha256=sha256_file(path),
-                    accuracy=round(float((logits.argmax(-1) == data.test.y).mean()), 4),
-                    latency=time_batches(cpu_session(path), x_test.shape[1:]),
-                    params=sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer),
-                    flops=flops_per_example(frozen.nac.cfg, tok.n_tokens, tok.proj.in_features),
-                )
-            )
-            _log(
-                f"level {level_name(f)}: accuracy {entries[-1].accuracy:.4f}, "
-                f"batch-128 median {entries[-1].latency[-1].median_ms:.2f} ms"
-            )
+        entries = [
+            export_level(family, model, f, order, norm, data.val, data.test, tmp)
+            for f in sorted(fractions, reverse=True)
+        ]
         manifest = Manifest(
+            family=family.name,
+            unit=family.unit,
             name=name or meta["dataset"].removesuffix(".npz").split("/")[-1],
             input=InputSpec(
                 name=INPUT_NAME,
-                shape=[-1, *model.cfg.input_shape],
+                shape=[-1, *family.input_shape(model)],
                 normalization=Normalization(
                     mean=meta["normalization"]["mean"], std=meta["normalization"]["std"]
                 ),
@@ -184,7 +191,3 @@ def _replace_dir(src: Path, dst: Path) -> None:
         dst.rename(old)
     src.rename(dst)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def summary(manifest: Manifest) -> dict[str, Any]:
-    return {lv.name: {"accuracy": lv.accuracy, "modules": lv.modules} for lv in manifest.levels}

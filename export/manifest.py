@@ -2,19 +2,23 @@
 
 Importable without torch or onnx: the server validates bundles with this same code.
 A bundle is a directory: manifest.json, one ONNX file per level, tradeoff.png.
+
+Schema 2 names the model family and the unit its levels drop (a NAC drops "modules"); a level
+carries its `units` and any other knob of its family, its test-set size with a 95% Wilson
+interval beside the accuracy, and its calibration. Schema-1 manifests (NAC only, `modules` per
+level) are still read: `_upgrade` turns them into schema 2 with those new figures absent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from fractions import Fraction
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 MANIFEST_FILE = "manifest.json"
 
 
@@ -50,13 +54,34 @@ class LatencyStat(_Strict):
     p95_ms: float = Field(ge=0)
 
 
+class Interval(_Strict):
+    low: float = Field(ge=0, le=1)
+    high: float = Field(ge=0, le=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    method: Literal["wilson"] = "wilson"
+
+
+class Calibration(_Strict):
+    """Expected calibration error on the test split before and after the temperature, which was
+    fitted on the validation split and kept only if it lowered the validation ECE (else 1)."""
+
+    temperature: float = Field(gt=0, description="logits are divided by it in the graph, before softmax")
+    ece: float = Field(ge=0, le=1, description="test ECE of the probabilities the graph returns")
+    ece_uncalibrated: float = Field(ge=0, le=1, description="test ECE at temperature 1")
+    bins: int = Field(gt=0, description="equal-width confidence bins")
+
+
 class Level(_Strict):
     name: str = Field(description='the level\'s name, e.g. "full", "1/2"')
     keep_fraction: float = Field(gt=0, le=1)
-    modules: int = Field(gt=0, description="processor modules kept in this graph")
+    units: int = Field(gt=0, description="units (the manifest's `unit`) kept in this graph")
+    knobs: dict[str, int] = Field(default_factory=dict, description="the family's other settings")
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     accuracy: float = Field(ge=0, le=1, description="measured on the held-out test split")
+    test_size: int | None = Field(default=None, gt=0, description="test examples behind `accuracy`")
+    accuracy_interval: Interval | None = None
+    calibration: Calibration | None = None
     latency: list[LatencyStat] = Field(description="onnxruntime CPU latency per batch size")
     params: int = Field(ge=0)
     flops: int = Field(ge=0, description="multiply-adds x2 per example")
@@ -86,7 +111,9 @@ class Provenance(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION  # as written; a schema-1 file is read as schema 2
+    family: str = Field(default="nac", description='the model family, e.g. "nac"')
+    unit: str = Field(default="modules", description="what a level drops")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     version: str = "1"
     input: InputSpec
@@ -95,6 +122,18 @@ class Manifest(_Strict):
     levels: list[Level] = Field(min_length=1)
     profile: Profile
     provenance: Provenance
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Schema 1 (NAC bundles before families): per level `modules` becomes `units`."""
+        if not isinstance(data, dict) or data.get("schema_version") != 1:
+            return data
+        levels = [
+            {("units" if k == "modules" else k): v for k, v in lv.items()} if isinstance(lv, dict) else lv
+            for lv in data.get("levels", [])
+        ]
+        return data | {"family": "nac", "unit": "modules", "levels": levels}
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -119,14 +158,6 @@ class Manifest(_Strict):
     def sorted_levels(self) -> list[Level]:
         """Levels from the largest keep fraction (most accurate, slowest) down."""
         return sorted(self.levels, key=lambda lv: -lv.keep_fraction)
-
-
-def level_name(fraction: Fraction) -> str:
-    return "full" if fraction == 1 else f"{fraction.numerator}/{fraction.denominator}"
-
-
-def level_file(fraction: Fraction) -> str:
-    return "level-full.onnx" if fraction == 1 else f"level-{fraction.numerator}_{fraction.denominator}.onnx"
 
 
 def sha256_file(path: Path) -> str:

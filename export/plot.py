@@ -1,4 +1,5 @@
-"""The accuracy/latency trade-off of a bundle as a PNG."""
+"""The accuracy/latency trade-off of a bundle as a PNG; accuracies carry their 95% intervals, so
+a difference between levels smaller than the bars reads as what it is: noise."""
 
 from __future__ import annotations
 
@@ -17,14 +18,21 @@ def plot_tradeoff(manifest: Manifest, path: Path, batch_size: int = 128) -> None
     lat = [next(s.median_ms for s in lv.latency if s.batch_size == batch_size) for lv in levels]
     full = lat[0]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(lat, [100 * lv.accuracy for lv in levels], "o-")
+    acc = [100 * lv.accuracy for lv in levels]
+    # 95% Wilson interval as asymmetric error bars (a schema-1 bundle has none: zero-length bars)
+    below = [100 * (lv.accuracy - lv.accuracy_interval.low) if lv.accuracy_interval else 0.0 for lv in levels]
+    above = [
+        100 * (lv.accuracy_interval.high - lv.accuracy) if lv.accuracy_interval else 0.0 for lv in levels
+    ]
+    ax1.errorbar(lat, acc, yerr=[below, above], fmt="o-", capsize=4, label="accuracy, 95% interval")
     for lv, x in zip(levels, lat, strict=True):
         ax1.annotate(
-            f"{lv.name} ({lv.modules})", (x, 100 * lv.accuracy), textcoords="offset points", xytext=(4, 4)
+            f"{lv.name} ({lv.units})", (x, 100 * lv.accuracy), textcoords="offset points", xytext=(4, 4)
         )
     ax1.set_xscale("log")
     ax1.set_xlabel(f"onnxruntime CPU latency, batch {batch_size}, median (ms)")
-    ax1.set_ylabel("test accuracy (%)")
+    n = levels[0].test_size
+    ax1.set_ylabel(f"test accuracy (%), bars: 95% Wilson interval{f', n={n}' if n else ''}")
     ax1.set_title(f"{manifest.name}: accuracy against latency")
     fractions = [lv.keep_fraction for lv in levels]
     ax2.plot(fractions, [full / x for x in lat], "o-", label="measured")

@@ -15,8 +15,9 @@ B batch, N tokens, U processor modules, O output modules, D width, H heads, S si
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -334,13 +335,6 @@ class NAC(nn.Module):
         return small.train(self.training)
 
 
-def level_modules(total: int, fraction: float) -> int:
-    """Modules kept at a keep fraction: round to nearest, at least one."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
-    return max(1, round(total * fraction))
-
-
 def flops_per_example(cfg: NACConfig, n_tokens: int, token_width: int) -> int:
     """Multiply-adds x2 of one example through the executor (the generator's work is constant)."""
     u, o, d, h = cfg.modules, cfg.outputs, cfg.dim, cfg.heads
@@ -357,9 +351,10 @@ class Frozen(nn.Module):
     """One level ready for export: the generator has run once and its outputs are buffers
     (constants in the graph); input normalisation sits in front, probabilities beside logits."""
 
-    def __init__(self, nac: NAC, mean: Tensor, std: Tensor) -> None:
+    def __init__(self, nac: NAC, mean: Tensor, std: Tensor, temperature: float = 1.0) -> None:
         super().__init__()
         self.nac = nac.eval()
+        self.temperature = float(temperature)  # calibration, folded in before the softmax
         with torch.no_grad():
             circuit = nac.generate()
         self.keys = list(circuit)
@@ -373,4 +368,64 @@ class Frozen(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # raw (B, *input_shape)
         circuit = {key: getattr(self, f"circuit_{i}") for i, key in enumerate(self.keys)}
         logits = self.nac.execute((x - self.mean) / self.std, circuit)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         return logits, torch.softmax(logits, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the family interface (model.families.Family): what training and export call
+
+
+class NACFamily:
+    """The NAC as a prunable family: units are processor modules, ranked by out-degree."""
+
+    name = "nac"
+    unit = "modules"
+    presets = PRESETS
+
+    def build(
+        self, input_shape: tuple[int, ...], num_classes: int, preset: str, overrides: Mapping[str, Any]
+    ) -> nn.Module:
+        fields = dict(PRESETS[preset]) | dict(overrides)
+        return NAC(NACConfig(input_shape=input_shape, num_classes=num_classes, **fields))  # type: ignore[arg-type]
+
+    def config(self, model: nn.Module) -> dict[str, Any]:
+        return _nac(model).cfg.to_dict()
+
+    def from_config(self, config: Mapping[str, Any]) -> nn.Module:
+        return NAC(NACConfig.from_dict(dict(config)))
+
+    def input_shape(self, model: nn.Module) -> tuple[int, ...]:
+        return _nac(model).cfg.input_shape
+
+    def units(self, model: nn.Module) -> int:
+        return _nac(model).cfg.modules
+
+    def ranking(self, model: nn.Module) -> Tensor:
+        return _nac(model).ranking()
+
+    def forward(self, model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
+        return _nac(model)(x, keep)  # type: ignore[no-any-return]
+
+    def level(self, model: nn.Module, keep: Tensor) -> nn.Module:
+        return _nac(model).prune(keep)
+
+    def knobs(self, model: nn.Module) -> dict[str, int]:
+        return {}  # a NAC level is its module count alone
+
+    def flops(self, model: nn.Module) -> int:
+        nac = _nac(model)
+        return flops_per_example(nac.cfg, nac.tokenizer.n_tokens, nac.tokenizer.proj.in_features)
+
+    def export_module(self, model: nn.Module, mean: Tensor, std: Tensor, temperature: float) -> nn.Module:
+        return Frozen(_nac(model), mean, std, temperature)
+
+
+def _nac(model: nn.Module) -> NAC:
+    if not isinstance(model, NAC):
+        raise TypeError(f"the nac family got a {type(model).__name__}, not a NAC")
+    return model
+
+
+NAC_FAMILY = NACFamily()

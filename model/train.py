@@ -1,7 +1,8 @@
 """Sparsity-aware training: every batch runs on a randomly drawn pruning level, so every level is
 trained, not just the full model. Writes a checkpoint directory:
   model.pt         state_dict (tensors only: loads with torch.load(weights_only=True))
-  checkpoint.json  config, labels, normalisation, module ranking, training settings, test accuracy
+  checkpoint.json  family, config, labels, normalisation, unit ranking, training settings, test accuracy
+Only the family protocol (model.families) is used, so any registered family trains here.
 """
 
 from __future__ import annotations
@@ -12,25 +13,25 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from model import families, levels
 from model.data import Dataset, Split, load_dataset
-from model.nac import NAC, PRESETS, NACConfig, level_modules
+from model.families import Family
 
-DEFAULT_LEVELS = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
 WEIGHTS, META = "model.pt", "checkpoint.json"
 
 
 @dataclass
 class TrainConfig:
     dataset: str = "digits"
+    family: str = families.DEFAULT_FAMILY
     seed: int = 0
     epochs: int | None = None  # None: the preset's
     batch_size: int = 64
@@ -38,11 +39,11 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     sparsity_aware: bool = True  # draw a level per batch; False: train the full model only
-    levels: list[float] = field(default_factory=lambda: [float(f) for f in DEFAULT_LEVELS])
+    levels: list[float] = field(default_factory=lambda: [float(f) for f in levels.DEFAULT])
     ema: float = 0.995  # evaluate and save an exponential moving average of the weights (0: off)
     augment: bool = False  # random 1-pixel shifts, images only (slows convergence on 8x8 digits)
     preset: str | None = None  # None: the dataset's
-    overrides: dict[str, Any] = field(default_factory=dict)  # NACConfig fields
+    overrides: dict[str, Any] = field(default_factory=dict)  # the family's config fields
 
 
 EPOCHS = {"digits": 100, "mnist1d": 40, "features": 60, "large": 40, "tiny": 3}
@@ -69,31 +70,38 @@ def shift_images(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: NAC, split: Split, mean: Tensor, std: Tensor, keep: Tensor | None = None) -> float:
+def evaluate(
+    family: Family, model: nn.Module, split: Split, mean: Tensor, std: Tensor, keep: Tensor | None = None
+) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(split.y), 512):
         x = (torch.from_numpy(split.x[i : i + 512]) - mean) / std
-        pred = model(x, keep).argmax(-1)
+        pred = family.forward(model, x, keep).argmax(-1)
         correct += int((pred == torch.from_numpy(split.y[i : i + 512])).sum())
     return correct / max(1, len(split.y))
 
 
 def level_accuracies(
-    model: NAC, split: Split, mean: Tensor, std: Tensor, order: Tensor, levels: list[float]
+    family: Family,
+    model: nn.Module,
+    split: Split,
+    mean: Tensor,
+    std: Tensor,
+    order: Tensor,
+    fractions: list[float],
 ) -> dict[str, float]:
+    """Accuracy per level, keyed by level name ("full", "1/2")."""
+    total = family.units(model)
     return {
-        str(Fraction(f).limit_denominator(1024)): evaluate(
-            model, split, mean, std, order[: level_modules(model.cfg.modules, f)]
-        )
-        for f in levels
+        levels.canonical(f): evaluate(family, model, split, mean, std, order[: levels.units_kept(total, f)])
+        for f in fractions
     }
 
 
-def build_model(cfg: TrainConfig, data: Dataset) -> NAC:
-    preset = dict(PRESETS[cfg.preset or data.preset])
-    preset.update(cfg.overrides)
-    return NAC(NACConfig(input_shape=data.input_shape, num_classes=len(data.labels), **preset))  # type: ignore[arg-type]
+def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
+    family = families.get(cfg.family)
+    return family.build(data.input_shape, len(data.labels), cfg.preset or data.preset, cfg.overrides)
 
 
 def _progress(epoch: int, epochs: int, loss: float, acc: float, val: float, start: float) -> None:
@@ -107,11 +115,13 @@ def _progress(epoch: int, epochs: int, loss: float, acc: float, val: float, star
     )
 
 
-def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tuple[NAC, dict[str, Any]]:
-    """Train, evaluate every level in out-degree and random order, write the checkpoint to `out`."""
+def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tuple[nn.Module, dict[str, Any]]:
+    """Train, evaluate every level in ranked and random order, write the checkpoint to `out`."""
     set_seed(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.seed)
+    family = families.get(cfg.family)
     model = build_model(cfg, data)
+    units = family.units(model)
     epochs = cfg.epochs or EPOCHS[cfg.preset or data.preset]
     mean_np, std_np = data.normalization()
     mean, std = torch.from_numpy(mean_np), torch.from_numpy(std_np)
@@ -123,7 +133,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    augment = cfg.augment and model.cfg.tokenizer == "image"
+    augment = cfg.augment and len(data.input_shape) >= 2 and data.preset != "features"  # images only
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
     )
@@ -140,8 +150,8 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
             keep = None
             if cfg.sparsity_aware:  # a level per batch, on the current out-degree order
                 f = cfg.levels[int(torch.randint(len(cfg.levels), (1,), generator=gen))]
-                keep = model.ranking()[: level_modules(model.cfg.modules, f)]
-            logits = model((x - mean) / std, keep)
+                keep = family.ranking(model)[: levels.units_kept(units, f)]
+            logits = family.forward(model, (x - mean) / std, keep)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -152,23 +162,24 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
             total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == y).sum())
         if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
-            val = evaluate(ema.module if cfg.ema else model, data.val, mean, std)  # type: ignore[arg-type]
+            val = evaluate(family, ema.module if cfg.ema else model, data.val, mean, std)
             _progress(epoch, epochs, total_loss / len(perm), correct / len(perm), val, start)
 
     if cfg.ema:  # the average generalises better than the last step's weights
         model.load_state_dict(ema.module.state_dict())
     model.eval()
-    outdegree = model.ranking()
-    random_order = torch.randperm(model.cfg.modules, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    outdegree = family.ranking(model)
+    random_order = torch.randperm(units, generator=torch.Generator().manual_seed(cfg.seed + 1))
     results = {
-        "outdegree": level_accuracies(model, data.test, mean, std, outdegree, cfg.levels),
-        "random": level_accuracies(model, data.test, mean, std, random_order, cfg.levels),
+        "outdegree": level_accuracies(family, model, data.test, mean, std, outdegree, cfg.levels),
+        "random": level_accuracies(family, model, data.test, mean, std, random_order, cfg.levels),
     }
     meta: dict[str, Any] = {
         "format": 1,
+        "family": family.name,
         "dataset": cfg.dataset,
         "seed": cfg.seed,
-        "config": model.cfg.to_dict(),
+        "config": family.config(model),
         "train_config": asdict(cfg) | {"epochs": epochs},
         "labels": data.labels,
         "normalization": {"mean": mean_np.ravel().tolist(), "std": std_np.ravel().tolist()},
@@ -182,14 +193,15 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     return model, meta
 
 
-def save_checkpoint(model: NAC, meta: dict[str, Any], out: Path) -> None:
+def save_checkpoint(model: nn.Module, meta: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / WEIGHTS)
     (out / META).write_text(json.dumps(meta, indent=2))
 
 
-def load_checkpoint(path: Path) -> tuple[NAC, dict[str, Any]]:
-    """Load a checkpoint directory; only tensors and JSON are read (nothing is unpickled)."""
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint directory; only tensors and JSON are read (nothing is unpickled). A checkpoint
+    without a `family` predates families and holds a NAC."""
     path = Path(path)
     for name in (WEIGHTS, META):
         if not (path / name).is_file():
@@ -197,7 +209,8 @@ def load_checkpoint(path: Path) -> tuple[NAC, dict[str, Any]]:
                 f"{path}: not a checkpoint (no {name}); write one with `circuitserve train`"
             )
     meta = json.loads((path / META).read_text())
-    model = NAC(NACConfig.from_dict(meta["config"]))
+    meta.setdefault("family", "nac")
+    model = families.get(meta["family"]).from_config(meta["config"])
     model.load_state_dict(torch.load(path / WEIGHTS, weights_only=True, map_location="cpu"))
     return model.eval(), meta
 

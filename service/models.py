@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import Level, Manifest
+from model import levels
 from service.batcher import Batcher
 from service.errors import BadRequest
 from service.policy import Correction, LevelProfile, LevelState
@@ -97,13 +97,10 @@ class ServedModel:
 
 
 def _as_fraction(spec: object) -> float | None:
-    if isinstance(spec, bool):
+    """A requested level as a keep fraction (model.levels.parse), None if it is not one."""
+    if not isinstance(spec, str | int | float):
         return None
-    if isinstance(spec, int | float):
-        return float(spec) if abs(spec) <= 1 else None  # keep fractions are in (0, 1]
-    if isinstance(spec, str):
-        try:
-            return float(Fraction(spec.strip()))
-        except (ValueError, ZeroDivisionError, OverflowError):
-            return None
-    return None
+    try:
+        return float(levels.parse(spec))
+    except levels.LevelError:
+        return None

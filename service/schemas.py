@@ -84,7 +84,7 @@ class LevelInfo(BaseModel):
     name: str
     keep_fraction: float
     accuracy: float
-    modules: int
+    units: int = Field(description="Units of the model's family kept at this level (ModelInfo.unit).")
     params: int
     flops: int
     latency_ms: dict[int, float] = Field(description="Profiled median compute per batch size.")
@@ -102,6 +102,8 @@ class TensorInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
+    family: str = Field(description='The prunable model family, e.g. "nac".')
+    unit: str = Field(description='What a level drops, e.g. "modules".')
     default_level: str
     input: TensorInfo
     outputs: list[TensorInfo]

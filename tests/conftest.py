@@ -3,12 +3,13 @@ The real spine (train -> export -> bundle on disk) feeds the export and end-to-e
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-TINY_LEVELS = [Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8)]
+from model import levels
+
+TINY_LEVELS = list(levels.DEFAULT)
 
 
 @pytest.fixture(scope="session")

@@ -110,6 +110,8 @@ def _info(model: ServedModel) -> ModelInfo:
     return ModelInfo(
         name=m.name,
         version=m.version,
+        family=m.family,
+        unit=m.unit,
         default_level=model.default_level,
         input=TensorInfo(name=m.input.name, datatype=m.input.datatype, shape=m.input.shape),
         outputs=[TensorInfo(name=o.name, datatype=o.datatype, shape=o.shape) for o in m.outputs],
@@ -119,7 +121,7 @@ def _info(model: ServedModel) -> ModelInfo:
                 name=lv.name,
                 keep_fraction=lv.level.keep_fraction,
                 accuracy=lv.level.accuracy,
-                modules=lv.level.modules,
+                units=lv.level.units,
                 params=lv.level.params,
                 flops=lv.level.flops,
                 latency_ms={b: t for b, t in lv.profile.latency_ms},

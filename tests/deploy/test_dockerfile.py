@@ -112,6 +112,14 @@ def test_runtime_image_holds_no_torch_and_no_source() -> None:
     assert not any("train" in i.arguments for i in build.all("RUN")), "the runtime venv gets no train extra"
     # The build stage refuses to produce a venv in which torch imports.
     assert any("import torch" in i.arguments and "exit 1" in i.arguments for i in build.all("RUN"))
+    # ... and none in which bench imports: bench/ is never copied in.
+    assert any("import bench" in i.arguments and "exit 1" in i.arguments for i in build.all("RUN"))
+    assert not any(i.arguments.startswith("bench/") for i in build.all("COPY")), (
+        "bench/ copied into the image"
+    )
+    assert any(i.arguments.split()[0] == "circuitserve.py" for i in build.all("COPY")), (
+        "the command is missing"
+    )
     # Only the bundle directory crosses over from the training stage.
     copies = [i.arguments for i in RUNTIME.all("COPY") if "--from=" in i.arguments]
     assert "--from=build /opt/venv /opt/venv" in copies
@@ -127,7 +135,7 @@ def test_dependency_layer_comes_before_the_code_layer() -> None:
     ]
     assert code_copies and first_install < code_copies[0]
     before = [i.arguments for i in build[:first_install] if i.keyword == "COPY"]
-    assert all(not a.startswith(("model/", "export/", "service/", "bench/")) for a in before), before
+    assert all(not a.startswith(("model/", "export/", "service/", "circuitserve.py")) for a in before), before
 
 
 def test_bundles_baked_or_mounted() -> None:

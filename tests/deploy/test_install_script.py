@@ -95,12 +95,13 @@ def test_base_install_pulls_no_training_packages() -> None:
 
 BLOCK_TORCH = """
 import sys
-for name in ("torch", "onnx", "onnxscript", "sklearn", "matplotlib"):
+for name in ("torch", "onnx", "onnxscript", "sklearn", "matplotlib", "bench"):
     sys.modules[name] = None  # any import of these now raises ImportError
-import service.app, service.cli
+import service.app, circuitserve
 from typer.testing import CliRunner
-result = CliRunner().invoke(service.cli.app, ["serve", "--help"])
-assert result.exit_code == 0, result.output
+for command in ("serve", "inspect"):
+    result = CliRunner().invoke(circuitserve.app, [command, "--help"])
+    assert result.exit_code == 0, result.output
 print("ok")
 """
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from circuitserve import app
 from export.build import PARITY_ATOL, ExportError, export_bundle
 from export.manifest import BundleError, Manifest, load_bundle, read_manifest
 from model.nac import Frozen
 from model.train import load_checkpoint
-from service.cli import app
 
 
 @pytest.fixture

@@ -25,10 +25,9 @@ from export.manifest import (
     Profile,
     Provenance,
     TensorSpec,
-    level_file,
-    level_name,
     sha256_file,
 )
+from model import levels as lv
 
 INPUT_NAME = "x"
 INPUT_SHAPE = (8, 8)
@@ -90,14 +89,14 @@ def write_bundle(directory: Path, name: str = "synthetic", seed: int = 0) -> Pat
     std = rng.uniform(0.5, 2.0, FEATURES)
     levels = []
     for fraction, (depth, width, accuracy) in LEVELS.items():
-        path = directory / level_file(fraction)
+        path = directory / lv.file_name(fraction)
         onnx.save(_graph(depth, width, mean, std, rng), path)
         cost = depth * width / 1000
         levels.append(
             Level(
-                name=level_name(fraction),
+                name=lv.name(fraction),
                 keep_fraction=float(fraction),
-                modules=max(1, int(16 * fraction)),
+                units=max(1, int(16 * fraction)),
                 file=path.name,
                 sha256=sha256_file(path),
                 accuracy=accuracy,

@@ -1,5 +1,8 @@
-"""The `circuitserve` command. Heavy imports (torch, onnx) happen inside the subcommands that need
-them, so `serve` and `inspect` run on the base install."""
+"""The `circuitserve` command: the one module that composes model (train), export, service (serve)
+and bench. It sits above all four, so none of them imports another's command line (the import
+contracts in pyproject.toml hold service/ below model/ and bench/). Heavy imports (torch, onnx,
+bench) happen inside the subcommands that need them, so `serve` and `inspect` run on the base
+install, where neither torch nor bench/ exists."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from model import levels as lv
 
 app = typer.Typer(
     help="Train, export and serve a Neural Attentive Circuit with per-request compute.",
@@ -22,19 +27,11 @@ DEFAULT_BUNDLE = Path("bundles/digits")
 
 
 def parse_levels(text: str) -> list[Fraction]:
-    """'1,1/2,0.25' -> [1, 1/2, 1/4]; rejects duplicates and values outside (0, 1]."""
+    """'1,1/2,0.25' -> [1, 1/2, 1/4] (model.levels.parse_list), as a usage error if unreadable."""
     try:
-        levels = [Fraction(part.strip()).limit_denominator(1024) for part in text.split(",") if part.strip()]
-    except (ValueError, ZeroDivisionError) as exc:
-        raise typer.BadParameter(f"cannot read levels {text!r}: {exc}") from exc
-    if not levels:
-        raise typer.BadParameter("no levels given")
-    bad = [str(f) for f in levels if not 0 < f <= 1]
-    if bad:
-        raise typer.BadParameter(f"keep fractions must be in (0, 1]: {', '.join(bad)}")
-    if len(set(levels)) != len(levels):
-        raise typer.BadParameter(f"duplicate level in {text!r}")
-    return levels
+        return lv.parse_list(text)
+    except lv.LevelError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 @contextmanager
@@ -65,22 +62,27 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="default: the preset's")] = None,
     preset: Annotated[str | None, typer.Option(help="model size preset (default: the dataset's)")] = None,
     sparsity_aware: Annotated[bool, typer.Option(help="train every level, not only the full model")] = True,
-    levels: Annotated[str, typer.Option(help="keep fractions drawn during training")] = "1,1/2,1/4,1/8",
+    levels: Annotated[str, typer.Option(help="keep fractions drawn during training")] = lv.DEFAULT_TEXT,
+    family: Annotated[str, typer.Option(help="model family (model/families.py)")] = "nac",
 ) -> None:
     """Train a NAC and print test accuracy per level, in out-degree and in random order."""
     _need_train_extra()
+    from model import families
     from model.data import DatasetError
     from model.train import TrainConfig, format_results
     from model.train import train as run_training
 
     cfg = TrainConfig(
         dataset=dataset,
+        family=family,
         seed=seed,
         epochs=epochs,
         preset=preset,
         sparsity_aware=sparsity_aware,
         levels=[float(f) for f in parse_levels(levels)],
     )
+    with user_errors(ValueError):  # an unknown family
+        families.get(family)
     with user_errors(DatasetError):
         _, meta = run_training(cfg, out)
     typer.echo(f"checkpoint written to {out} ({meta['train_seconds']} s)")
@@ -91,7 +93,7 @@ def train(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="directory written by `circuitserve train --out`")],
     out: Annotated[Path, typer.Option(help="bundle directory to write")] = DEFAULT_BUNDLE,
-    levels: Annotated[str, typer.Option(help="keep fractions, one ONNX graph each")] = "1,1/2,1/4,1/8",
+    levels: Annotated[str, typer.Option(help="keep fractions, one ONNX graph each")] = lv.DEFAULT_TEXT,
     name: Annotated[str | None, typer.Option(help="model name (default: the dataset's)")] = None,
     ranking: Annotated[
         str, typer.Option(help="module order: outdegree or random (the control)")
@@ -168,3 +170,7 @@ def bench(
     from bench.run import run_all
 
     run_all(out=out, quick=quick)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,77 @@
+"""Prunable model families: the one interface training and export use, and the registry of them.
+
+A family is a kind of network whose compute shrinks by dropping *units* (a NAC's processor
+modules; a Neural Interpreter's functions). Training and export see only this protocol, so a new
+family lands as its model file, which implements it, plus one line in `FAMILIES` below.
+
+Shapes: B batch, U units; x is a raw or normalised batch (B, *input_shape).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from torch import Tensor, nn
+
+from model.nac import NAC_FAMILY
+
+
+class Family(Protocol):
+    name: str  # the manifest's `family`, e.g. "nac"
+    unit: str  # what a level drops, e.g. "modules"
+    presets: Mapping[str, Mapping[str, object]]  # model sizes by name; a dataset names its own
+
+    def build(
+        self, input_shape: tuple[int, ...], num_classes: int, preset: str, overrides: Mapping[str, Any]
+    ) -> nn.Module:
+        """A freshly initialised model of a preset, some config fields overridden."""
+        ...
+
+    def config(self, model: nn.Module) -> dict[str, Any]:
+        """The model's config as JSON; `from_config` rebuilds the same architecture from it."""
+        ...
+
+    def from_config(self, config: Mapping[str, Any]) -> nn.Module: ...
+
+    def input_shape(self, model: nn.Module) -> tuple[int, ...]: ...
+
+    def units(self, model: nn.Module) -> int:
+        """U: how many units the full model has."""
+        ...
+
+    def ranking(self, model: nn.Module) -> Tensor:
+        """(U,) unit indices, the most important first: a level keeps a prefix of it."""
+        ...
+
+    def forward(self, model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
+        """Logits (B, classes) of the model running only the kept units (None: all)."""
+        ...
+
+    def level(self, model: nn.Module, keep: Tensor) -> nn.Module:
+        """A new, smaller model holding only the kept units: what a level's graph is built from."""
+        ...
+
+    def knobs(self, model: nn.Module) -> dict[str, int]:
+        """A level's other settings besides its unit count (e.g. iterations); {} if none."""
+        ...
+
+    def flops(self, model: nn.Module) -> int:
+        """Multiply-adds x2 per example of this (possibly pruned) model."""
+        ...
+
+    def export_module(self, model: nn.Module, mean: Tensor, std: Tensor, temperature: float) -> nn.Module:
+        """The model ready for ONNX: raw input (B, *input_shape) -> (logits / temperature,
+        softmax of those), normalisation in the graph."""
+        ...
+
+
+FAMILIES: dict[str, Family] = {NAC_FAMILY.name: NAC_FAMILY}
+DEFAULT_FAMILY = NAC_FAMILY.name
+
+
+def get(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
