@@ -15,7 +15,7 @@ from fractions import Fraction
 
 DEFAULT: tuple[Fraction, ...] = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
 FULL = "full"
-MAX_DENOMINATOR = 1024  # 0.333 reads as 1/3, not 333/1000
+MAX_DENOMINATOR = 1024  # the float 1/3 reads as 1/3, not as its 54-bit binary expansion
 
 
 class LevelError(ValueError):

@@ -138,6 +138,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
     )
     start = time.monotonic()
+    losses: list[float] = []  # mean training loss per epoch
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(y_all), generator=gen)
@@ -161,6 +162,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
             ema.update_parameters(model)
             total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == y).sum())
+        losses.append(round(total_loss / len(perm), 4))
         if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
             val = evaluate(family, ema.module if cfg.ema else model, data.val, mean, std)
             _progress(epoch, epochs, total_loss / len(perm), correct / len(perm), val, start)
@@ -186,6 +188,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         "ranking": {"outdegree": outdegree.tolist(), "random": random_order.tolist()},
         "test_accuracy": results,
         "train_seconds": round(time.monotonic() - start, 1),
+        "train_loss": losses,
         "torch": torch.__version__,
     }
     if out is not None:

@@ -9,7 +9,6 @@ from model.nac import (
     NACConfig,
     flops_per_example,
     kernel,
-    level_modules,
     merge_heads,
     split_heads,
 )
@@ -107,13 +106,6 @@ def test_training_mode_samples_edges_per_example():
     x = torch.randn(1, 8, 8).expand(2, -1, -1)
     out = m(x)  # identical inputs, different sampled circuits
     assert not torch.allclose(out[0], out[1])
-
-
-def test_level_modules_bounds():
-    assert level_modules(64, 1 / 8) == 8
-    assert level_modules(5, 0.01) == 1
-    with pytest.raises(ValueError):
-        level_modules(64, 0)
 
 
 def test_flops_shrink_with_modules():
