@@ -129,14 +129,21 @@ class Manifest(_Strict):
         """Schema 1 (NAC bundles before families): per level `modules` becomes `units`."""
         if not isinstance(data, dict) or data.get("schema_version") != 1:
             return data
-        levels = [
-            {("units" if k == "modules" else k): v for k, v in lv.items()} if isinstance(lv, dict) else lv
-            for lv in data.get("levels", [])
-        ]
+        levels = []
+        for lv in data.get("levels", []):
+            if isinstance(lv, dict):
+                if "units" in lv:
+                    raise ValueError("a schema-1 level names its processor modules `modules`, not `units`")
+                lv = {("units" if k == "modules" else k): v for k, v in lv.items()}
+            levels.append(lv)
         return data | {"family": "nac", "unit": "modules", "levels": levels}
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
+        for lv in self.levels:
+            iv = lv.accuracy_interval
+            if iv is not None and not iv.low <= lv.accuracy <= iv.high:
+                raise ValueError(f"level {lv.name!r}: accuracy {lv.accuracy} outside its interval")
         names = [lv.name for lv in self.levels]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate level names: {names}")

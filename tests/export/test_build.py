@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from circuitserve import app
 from export.build import PARITY_ATOL, ExportError, export_bundle
+from export.calibration import wilson_interval
 from export.manifest import BundleError, Manifest, load_bundle, read_manifest
-from model.nac import Frozen
+from model.families import get
 from model.train import load_checkpoint
 
 
@@ -29,7 +30,8 @@ def bundle(trained_bundle):
 def test_round_trip_levels_and_files(bundle):
     manifest = load_bundle(bundle)
     assert [lv.name for lv in manifest.sorted_levels()] == ["full", "1/2", "1/4", "1/8"]
-    assert [lv.modules for lv in manifest.sorted_levels()] == [8, 4, 2, 1]
+    assert [lv.units for lv in manifest.sorted_levels()] == [8, 4, 2, 1]
+    assert (manifest.schema_version, manifest.family, manifest.unit) == (2, "nac", "modules")
     assert (bundle / "tradeoff.png").stat().st_size > 1000
     assert not list(bundle.parent.glob(".tiny*")), "temporary directory left behind"
     for lv in manifest.levels:
@@ -46,8 +48,8 @@ def test_graphs_hold_only_kept_modules_with_dynamic_batch(bundle):
         assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
         # every per-module constant has the kept module count as its first axis, none the full count
         lead = {t.dims[0] for t in graph.initializer if len(t.dims) == 2}
-        if lv.modules != 8:
-            assert lv.modules in lead and 8 not in lead, (lv.name, lead)
+        if lv.units != 8:
+            assert lv.units in lead and 8 not in lead, (lv.name, lead)
         session = ort.InferenceSession(str(bundle / lv.file), providers=["CPUExecutionProvider"])
         for b in (1, 5):
             logits, probs = session.run(None, {"input": np.random.rand(b, 8, 8).astype(np.float32) * 16})
@@ -55,16 +57,63 @@ def test_graphs_hold_only_kept_modules_with_dynamic_batch(bundle):
 
 
 def test_parity_with_torch_per_level(bundle, tiny_ckpt):
+    """Each graph is the family's level at the manifest's temperature: the raw model's logits over T."""
     model, meta = load_checkpoint(tiny_ckpt)
+    family = get(meta["family"])
     order = torch.tensor(meta["ranking"]["outdegree"])
     mean, std = torch.tensor(meta["normalization"]["mean"]), torch.tensor(meta["normalization"]["std"])
     x = np.random.default_rng(1).uniform(0, 16, (64, 8, 8)).astype(np.float32)
     for lv in read_manifest(bundle).levels:
-        frozen = Frozen(model.prune(order[: lv.modules]), mean, std)
+        assert lv.calibration is not None
+        small = family.level(model, order[: lv.units])
         with torch.no_grad():
-            expected = frozen(torch.from_numpy(x))[0].numpy()
+            raw = family.forward(small, (torch.from_numpy(x) - mean.reshape(8, 8)) / std.reshape(8, 8), None)
         got = ort.InferenceSession(str(bundle / lv.file)).run(["logits"], {"input": x})[0]
+        # the manifest rounds T to 4 decimals: compare at that precision
+        assert np.abs(got * lv.calibration.temperature - raw.numpy()).max() <= 1e-3 * max(
+            1.0, lv.calibration.temperature
+        )
+        exported = family.export_module(small, mean, std, lv.calibration.temperature)
+        with torch.no_grad():
+            expected = exported(torch.from_numpy(x))[0].numpy()
         assert np.abs(got - expected).max() <= PARITY_ATOL
+
+
+def test_manifest_says_how_sure_each_accuracy_is(bundle):
+    """Test-set size, 95% Wilson interval around the accuracy, ECE before and after the temperature."""
+    for lv in read_manifest(bundle).levels:
+        assert lv.test_size == 359 and lv.accuracy_interval is not None and lv.calibration is not None
+        low, high = wilson_interval(round(lv.accuracy * lv.test_size), lv.test_size)
+        assert (lv.accuracy_interval.low, lv.accuracy_interval.high) == (round(low, 4), round(high, 4))
+        assert lv.accuracy_interval.low <= lv.accuracy <= lv.accuracy_interval.high
+        cal = lv.calibration
+        assert cal.temperature > 0 and 0 <= cal.ece <= 1 and 0 <= cal.ece_uncalibrated <= 1
+        if cal.temperature == 1:
+            assert cal.ece == cal.ece_uncalibrated  # not kept: nothing changed
+
+
+def test_schema_1_bundle_is_still_read(bundle, tmp_path):
+    """A bundle written before families (schema 1: `modules` per level, no family) loads as schema 2."""
+    copy = tmp_path / "old"
+    shutil.copytree(bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["schema_version"] = 1
+    del raw["family"], raw["unit"]
+    for lv in raw["levels"]:
+        lv["modules"] = lv.pop("units")
+        for new in ("knobs", "test_size", "accuracy_interval", "calibration"):
+            del lv[new]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    old = load_bundle(copy)
+    assert (old.schema_version, old.family, old.unit) == (1, "nac", "modules")
+    assert [lv.units for lv in old.sorted_levels()] == [8, 4, 2, 1]
+    assert all(lv.accuracy_interval is None and lv.calibration is None for lv in old.levels)
+    result = CliRunner().invoke(app, ["inspect", str(copy)])
+    assert result.exit_code == 0 and "1/8" in result.output, result.output
+    raw["levels"][0]["units"] = 3  # schema 1 knows no `units`
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="units"):
+        read_manifest(copy)
 
 
 def test_changed_file_is_caught_by_checksum(bundle, tmp_path):
@@ -107,6 +156,11 @@ def test_cli_inspect_and_level_errors(bundle, tiny_ckpt, tmp_path):
     result = runner.invoke(app, ["inspect", str(bundle)])
     assert result.exit_code == 0, result.output
     assert "1/8" in result.output and "accuracy" in result.output and "b128 ms" in result.output
+    manifest = read_manifest(bundle)
+    full = manifest.sorted_levels()[0]
+    assert full.accuracy_interval is not None and full.calibration is not None
+    assert f"[{full.accuracy_interval.low:.4f}, {full.accuracy_interval.high:.4f}] n=359" in result.output
+    assert f"T={full.calibration.temperature:.2f}" in result.output
     bad = runner.invoke(
         app, ["export", str(tiny_ckpt), "--out", str(tmp_path / "x"), "--levels", "1,1/2,1/2"]
     )
