@@ -123,7 +123,7 @@ def _versus(peer: str, entry: dict[str, Any]) -> tuple[bool, str, str]:
         return float(s.get("server_cores", math.nan))
 
     def cpu_ms(s: dict[str, Any]) -> float:  # CPU milliseconds per answered request
-        return 1e3 * cores(s) / max(s["throughput_rps"], 1e-9)
+        return 1e3 * cores(s) / max(float(s["throughput_rps"]), 1e-9)
 
     measured = (
         f"{ratio:.2f}x throughput; p99 {entry['circuitserve_p99_ms']:.1f} ms vs {entry['p99_ms']:.1f} ms"
@@ -246,7 +246,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
     """Judge the targets, draw the plots, write report.json and REPORT.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    final = _finite({**results, "noise": noise(results), "targets": targets(results)})
+    final: dict[str, Any] = _finite({**results, "noise": noise(results), "targets": targets(results)})
     (out / JSON_FILE).write_text(json.dumps(final, indent=2, allow_nan=False) + "\n")
     images = plots.draw(final, out)
     (out / MARKDOWN_FILE).write_text(markdown.render(final, images))

@@ -20,7 +20,11 @@ from model.nac import NAC_FAMILY
 class Family(Protocol):
     name: str  # the manifest's `family`, e.g. "nac"
     unit: str  # what a level drops, e.g. "modules"
-    presets: Mapping[str, Mapping[str, object]]  # model sizes by name; a dataset names its own
+
+    @property
+    def presets(self) -> Mapping[str, Mapping[str, object]]:
+        """Model sizes by name; each dataset names the one that suits it (model.data)."""
+        ...
 
     def build(
         self, input_shape: tuple[int, ...], num_classes: int, preset: str, overrides: Mapping[str, Any]

@@ -406,7 +406,7 @@ class NACFamily:
         return _nac(model).ranking()
 
     def forward(self, model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
-        return _nac(model)(x, keep)  # type: ignore[no-any-return]
+        return _nac(model)(x, keep)
 
     def level(self, model: nn.Module, keep: Tensor) -> nn.Module:
         return _nac(model).prune(keep)

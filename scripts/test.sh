@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, second command; .ci/run runs exactly this): install the test
-# dependencies into .venv, then lint, type-check and run the whole suite.
+# dependencies into .venv, then lint, type-check, check the import contracts and run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -12,5 +12,11 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id 
 fi
 .venv/bin/ruff check .
 .venv/bin/mypy
+# Tests: strict, but test functions and fixtures need not annotate, and may reach names a module
+# imported (monkeypatching). Two runs: tests/ and tests/service/ each have a conftest.py.
+TEST_MYPY=(--allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --implicit-reexport)
+.venv/bin/mypy "${TEST_MYPY[@]}" tests/conftest.py tests/model tests/export tests/bench tests/deploy
+.venv/bin/mypy "${TEST_MYPY[@]}" tests/service
+# The import contracts in pyproject.toml (service below model and bench; no torch in service).
 .venv/bin/lint-imports
 .venv/bin/python -m pytest -q "$@"

@@ -157,7 +157,8 @@ def test_gpu_variant() -> None:
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
-    return deployment["spec"]["template"]["spec"]["containers"][0]
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 def test_service_hpa_and_pdb_point_at_the_deployments() -> None:

@@ -1,4 +1,5 @@
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from model.nac import (
 
 def tiny(input_shape=(8, 8), tokenizer="image", patch=2, **kw) -> NAC:
     torch.manual_seed(0)
-    cfg = dict(PRESETS["tiny"]) | {"tokenizer": tokenizer, "patch": patch} | kw
+    cfg: dict[str, Any] = dict(PRESETS["tiny"]) | {"tokenizer": tokenizer, "patch": patch} | kw
     return NAC(NACConfig(input_shape=input_shape, num_classes=5, **cfg)).eval()
 
 

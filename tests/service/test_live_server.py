@@ -37,7 +37,8 @@ def reference(bundle_path: Path, manifest: Manifest, level: str, x: np.ndarray) 
     """The level's probabilities straight from onnxruntime, to check the served answer."""
     file = next(lv.file for lv in manifest.levels if lv.name == level)
     session = ort.InferenceSession(str(bundle_path / file), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {manifest.input.name: x})[0]
+    probabilities: np.ndarray = session.run(["probabilities"], {manifest.input.name: x})[0]
+    return probabilities
 
 
 def test_health_and_metadata(triton_client: triton.InferenceServerClient, manifest: Manifest) -> None:

@@ -27,7 +27,7 @@ BATCH_MS = 20
 # bytes, from the end of the warm-up to the end (~20k requests here): the recent-stats window grows by
 # ~130 B a request (bounded: service.stats); a leak of ~1 KB per request fails this
 MAX_RSS_GROWTH = 16 << 20
-SETTINGS = {
+SETTINGS: dict[str, Any] = {
     "max_batch_size": 4,
     "max_queue_size": 32,
     "max_inflight_requests": 48,

@@ -11,7 +11,6 @@ import pytest
 from service_helpers import asgi_client, make_settings
 
 from export.manifest import Manifest
-from service import runtime
 from service.app import create_app
 from service.errors import InferenceFailed
 from service.runtime import CPU, CUDA, LevelRunner, ProviderError, SessionConfig, create_session
@@ -42,7 +41,7 @@ class NoGpuSession(FakeGpuSession):
 @pytest.fixture
 def cuda_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     """onnxruntime-gpu lists CUDA whether or not a GPU exists; make the CPU build do the same."""
-    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])  # the module runtime uses
 
 
 def level_path(bundle_path: Path, manifest: Manifest) -> Path:
@@ -63,9 +62,19 @@ def test_auto_uses_cuda_only_when_the_session_runs_there(bundle_path: Path, mani
         create_session(path, SessionConfig("cuda"), NoGpuSession)
 
 
-def test_auto_on_this_machine_runs(bundle_path: Path, manifest: Manifest) -> None:
-    session = create_session(level_path(bundle_path, manifest), SessionConfig("auto"))
-    assert session.get_providers()[0] in (CUDA, CPU)
+def test_auto_on_this_machine_picks_what_really_runs_here(bundle_path: Path, manifest: Manifest) -> None:
+    """No fakes: "auto" must land on CUDA exactly when onnxruntime itself can run this graph there
+    (asked directly, below), and the session must answer."""
+    path = level_path(bundle_path, manifest)
+    can_cuda = CUDA in ort.get_available_providers() and (
+        ort.InferenceSession(str(path), providers=[CUDA, CPU]).get_providers()[0] == CUDA
+    )
+    session = create_session(path, SessionConfig("auto"))
+    assert session.get_providers()[0] == (CUDA if can_cuda else CPU)
+    x = np.zeros((3, *manifest.input.shape[1:]), dtype=np.float32)
+    probabilities = session.run(["probabilities"], {manifest.input.name: x})[0]
+    assert probabilities.shape == (3, len(manifest.labels))
+    assert np.allclose(probabilities.sum(-1), 1, atol=1e-5)
 
 
 @pytest.mark.usefixtures("cuda_listed")

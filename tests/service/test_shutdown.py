@@ -83,7 +83,7 @@ async def sigterm_under_load(
 def test_sigterm_drains_in_flight_work_and_exits_0(
     bundle_path: Path, manifest: Manifest, tmp_path: Path
 ) -> None:
-    env = {"drain_timeout_s": 4, "auth_token": TOKEN, "log_level": "info"}
+    env: dict[str, Any] = {"drain_timeout_s": 4, "auth_token": TOKEN, "log_level": "info"}
     with child_server(bundle_path, tmp_path / "log", **env) as child:
         slow = [body("full", sleep_s=1.2), body("1/2", sleep_s=1.2)]  # two levels, two threads
         out = asyncio.run(sigterm_under_load(child, manifest, slow))
@@ -105,7 +105,7 @@ def test_the_drain_is_bounded_by_its_timeout_or_a_second_signal(
     drain_timeout_s: float,
     second_signal_after: float | None,
 ) -> None:
-    env = {"drain_timeout_s": drain_timeout_s, "auth_token": TOKEN}
+    env: dict[str, Any] = {"drain_timeout_s": drain_timeout_s, "auth_token": TOKEN}
     with child_server(bundle_path, tmp_path / "log", **env) as child:
         slow = [body("full", sleep_s=8), body("full")]  # the second queues behind the first
         out = asyncio.run(sigterm_under_load(child, manifest, slow, second_signal_after))
