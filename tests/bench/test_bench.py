@@ -110,6 +110,7 @@ def slow_server() -> Iterator[str]:
     yield started[0]
     loop.call_soon_threadsafe(stop.set)
     thread.join(timeout=10)
+    loop.close()  # an unclosed loop is a ResourceWarning, an error under the house's warning filter
 
 
 def test_open_loop_sends_on_schedule_without_waiting_for_answers(slow_server: str) -> None:
@@ -122,7 +123,8 @@ def test_open_loop_sends_on_schedule_without_waiting_for_answers(slow_server: st
     assert elapsed < 2.0  # a closed loop of one would take 50 x 0.2 = 10 s
     assert run.max_lag_s < 0.2  # sent on time, not after earlier answers
     latencies = sorted(r.latency_s for r in run.records)
-    assert latencies[0] >= 0.2 and latencies[len(latencies) // 2] < 0.6
+    # asyncio may fire the server's 0.2 s timer up to its clock resolution early: 2 ms of slack
+    assert latencies[0] >= 0.198 and latencies[len(latencies) // 2] < 0.6
     assert [r.sent_s for r in run.records] == pytest.approx(list(send_times))
 
 
@@ -233,6 +235,21 @@ def test_scale_out_target_and_table_from_figures() -> None:
     assert "| 1 | 900.0 | 150.0 | 2400.0 | 40.00 | 2.67 |" in table and "| median |" in table
 
 
+def test_overhead_target_is_judged_by_its_ratio() -> None:
+    from bench import report
+
+    def overhead(ratio: float) -> dict[str, Any]:
+        c64 = {"throughput_ratio": ratio, "raw_onnxruntime": {"throughput_rps": 1000.0}}
+        c64 |= {"server": {"throughput_rps": 1000.0 * ratio}, "compute_busy_fraction": 0.5}
+        c64 |= {"in_server_onnxruntime_rps": 900.0, "mean_batch_size": 8.0}
+        return {"c64": c64, "model": "small", "level": "full"}
+
+    above = report._overhead_target("small", overhead(report.OVERHEAD_RATIO + 0.01))
+    below = report._overhead_target("small", overhead(report.OVERHEAD_RATIO - 0.01))
+    assert above["reached"] is True and above["why"] == ""
+    assert below["reached"] is False and "batches of 8.0" in below["why"]
+
+
 # ---------------------------------------------------------------------------------------------
 # quick run end to end
 
@@ -334,5 +351,14 @@ def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None
     targets = quick_report[0]["targets"]
     assert len(targets) == 5  # overhead x2, peers, peers at scale-out, overload
     for t in targets:
-        assert t["reached"] in (True, False, None) and t["goal"] and t["measured"]
+        assert t["goal"] and t["measured"]
+        # judged exactly when measured: None only beside "not measured", a bool otherwise
+        assert (t["reached"] is None) == (t["measured"] == "not measured"), t
+        assert t["reached"] is None or isinstance(t["reached"], bool), t
         assert t["reached"] is True or t["why"]  # a target not reached says why
+    # the overhead targets follow their rule on this run's own figures
+    from bench import report
+
+    overhead = quick_report[0]["overhead"]
+    for t, o in zip(targets[:2], overhead.values(), strict=True):
+        assert t["reached"] is (o["c64"]["throughput_ratio"] >= report.OVERHEAD_RATIO), (t, o["c64"])
