@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.manifest import Manifest
+from export.manifest import Level, Manifest
+
+
+def error_bars(levels: list[Level]) -> tuple[list[float], list[float]]:
+    """(below, above) in accuracy points: each level's 95% Wilson interval as asymmetric error bars.
+    A schema-1 bundle recorded none: zero-length bars."""
+    below, above = [], []
+    for lv in levels:
+        iv = lv.accuracy_interval
+        below.append(100 * (lv.accuracy - iv.low) if iv else 0.0)
+        above.append(100 * (iv.high - lv.accuracy) if iv else 0.0)
+    return below, above
 
 
 def plot_tradeoff(manifest: Manifest, path: Path, batch_size: int = 128) -> None:
@@ -19,12 +30,7 @@ def plot_tradeoff(manifest: Manifest, path: Path, batch_size: int = 128) -> None
     full = lat[0]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     acc = [100 * lv.accuracy for lv in levels]
-    # 95% Wilson interval as asymmetric error bars (a schema-1 bundle has none: zero-length bars)
-    below = [100 * (lv.accuracy - lv.accuracy_interval.low) if lv.accuracy_interval else 0.0 for lv in levels]
-    above = [
-        100 * (lv.accuracy_interval.high - lv.accuracy) if lv.accuracy_interval else 0.0 for lv in levels
-    ]
-    ax1.errorbar(lat, acc, yerr=[below, above], fmt="o-", capsize=4, label="accuracy, 95% interval")
+    ax1.errorbar(lat, acc, yerr=error_bars(levels), fmt="o-", capsize=4, label="accuracy, 95% interval")
     for lv, x in zip(levels, lat, strict=True):
         ax1.annotate(
             f"{lv.name} ({lv.units})", (x, 100 * lv.accuracy), textcoords="offset points", xytext=(4, 4)

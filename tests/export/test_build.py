@@ -13,6 +13,7 @@ from circuitserve import app
 from export.build import PARITY_ATOL, ExportError, export_bundle
 from export.calibration import wilson_interval
 from export.manifest import BundleError, Manifest, load_bundle, read_manifest
+from export.plot import error_bars
 from model.families import get
 from model.train import load_checkpoint
 
@@ -90,6 +91,16 @@ def test_manifest_says_how_sure_each_accuracy_is(bundle):
         assert cal.temperature > 0 and 0 <= cal.ece <= 1 and 0 <= cal.ece_uncalibrated <= 1
         if cal.temperature == 1:
             assert cal.ece == cal.ece_uncalibrated  # not kept: nothing changed
+
+
+def test_tradeoff_error_bars_are_the_intervals(bundle):
+    levels = read_manifest(bundle).sorted_levels()
+    below, above = error_bars(levels)
+    for lv, lo, hi in zip(levels, below, above, strict=True):
+        assert lv.accuracy_interval is not None
+        assert lo == pytest.approx(100 * (lv.accuracy - lv.accuracy_interval.low))
+        assert hi == pytest.approx(100 * (lv.accuracy_interval.high - lv.accuracy))
+        assert lo > 0 and hi > 0  # 359 test images: never a point estimate
 
 
 def test_schema_1_bundle_is_still_read(bundle, tmp_path):
