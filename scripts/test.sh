@@ -15,7 +15,7 @@ fi
 # Tests: strict, but test functions and fixtures need not annotate, and may reach names a module
 # imported (monkeypatching). Two runs: tests/ and tests/service/ each have a conftest.py.
 TEST_MYPY=(--allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --implicit-reexport)
-.venv/bin/mypy "${TEST_MYPY[@]}" tests/conftest.py tests/model tests/export tests/bench tests/deploy
+.venv/bin/mypy "${TEST_MYPY[@]}" tests/conftest.py tests/test_circuitserve.py tests/model tests/export tests/bench tests/deploy
 .venv/bin/mypy "${TEST_MYPY[@]}" tests/service
 # The import contracts in pyproject.toml (service below model and bench; no torch in service).
 .venv/bin/lint-imports

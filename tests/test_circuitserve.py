@@ -1,0 +1,20 @@
+"""The command (circuitserve.py): bad arguments end in one clear line and exit status 2, before any
+training starts."""
+
+from typer.testing import CliRunner
+
+from circuitserve import app
+
+
+def test_train_refuses_an_unknown_family_and_bad_levels(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--family", "nope"])
+    assert result.exit_code == 2 and "unknown model family 'nope'; known: nac" in result.output
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--levels", "1,1/2,0.5"])
+    assert result.exit_code == 2 and "duplicate level" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_help_lists_the_default_levels():
+    result = CliRunner().invoke(app, ["export", "--help"])
+    assert result.exit_code == 0 and "1,1/2,1/4,1/8" in result.output
