@@ -77,7 +77,9 @@ def export_level(
     small = family.level(model, order[:kept])
     name, path = levels.name(fraction), directory / levels.file_name(fraction)
     _log(f"level {name}: {kept} of {total} {family.unit}: exporting...")
-    temperature = calibrate(_logits(family.export_module(small, *norm, 1.0), val.x), val.y)
+    temperature, val_before, val_after = calibrate(
+        _logits(family.export_module(small, *norm, 1.0), val.x), val.y
+    )
     module = family.export_module(small, *norm, temperature)
     logits, probs = onnx_export(
         module, path, family.input_shape(small), INPUT_NAME, OUTPUT_NAMES, test.x, PARITY_ATOL
@@ -98,6 +100,8 @@ def export_level(
             temperature=round(temperature, 4),
             ece=round(expected_calibration_error(probs, test.y), 4),
             ece_uncalibrated=round(expected_calibration_error(softmax(logits * temperature), test.y), 4),
+            validation_ece=round(val_after, 4),
+            validation_ece_uncalibrated=round(val_before, 4),
             bins=ECE_BINS,
         ),
         latency=time_batches(cpu_session(path), test.x.shape[1:]),

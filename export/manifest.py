@@ -68,6 +68,8 @@ class Calibration(_Strict):
     temperature: float = Field(gt=0, description="logits are divided by it in the graph, before softmax")
     ece: float = Field(ge=0, le=1, description="test ECE of the probabilities the graph returns")
     ece_uncalibrated: float = Field(ge=0, le=1, description="test ECE at temperature 1")
+    validation_ece: float = Field(ge=0, le=1, description="validation ECE at `temperature`")
+    validation_ece_uncalibrated: float = Field(ge=0, le=1, description="validation ECE at temperature 1")
     bins: int = Field(gt=0, description="equal-width confidence bins")
 
 

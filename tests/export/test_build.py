@@ -89,8 +89,10 @@ def test_manifest_says_how_sure_each_accuracy_is(bundle):
         assert lv.accuracy_interval.low <= lv.accuracy <= lv.accuracy_interval.high
         cal = lv.calibration
         assert cal.temperature > 0 and 0 <= cal.ece <= 1 and 0 <= cal.ece_uncalibrated <= 1
-        if cal.temperature == 1:
-            assert cal.ece == cal.ece_uncalibrated  # not kept: nothing changed
+        if cal.temperature == 1:  # not kept: nothing changed
+            assert cal.ece == cal.ece_uncalibrated and cal.validation_ece == cal.validation_ece_uncalibrated
+        else:  # kept because it lowered the validation ECE
+            assert cal.validation_ece < cal.validation_ece_uncalibrated
 
 
 def test_tradeoff_error_bars_are_the_intervals(bundle):
@@ -113,7 +115,7 @@ def test_schema_1_bundle_is_still_read(bundle, tmp_path):
     for lv in raw["levels"]:
         lv["modules"] = lv.pop("units")
         for new in ("knobs", "test_size", "accuracy_interval", "calibration"):
-            del lv[new]
+            del lv[new]  # fields schema 1 never had
     (copy / "manifest.json").write_text(json.dumps(raw))
     old = load_bundle(copy)
     assert (old.schema_version, old.family, old.unit) == (1, "nac", "modules")

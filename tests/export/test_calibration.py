@@ -47,10 +47,11 @@ def test_fit_temperature_recovers_a_known_temperature():
     t = fit_temperature(true_logits * 3, labels)  # overconfident by 3x
     assert t == pytest.approx(3, rel=0.1)
     assert nll(true_logits * 3, labels, t) < nll(true_logits * 3, labels, 1.0)
-    assert calibrate(true_logits * 3, labels) == t  # lowers the ECE, so it is kept
+    kept, before, after = calibrate(true_logits * 3, labels)
+    assert kept == t and after < before  # lowers the ECE, so it is kept
 
 
 def test_calibrate_keeps_one_when_the_temperature_does_not_help():
     labels = np.array([0, 1, 2, 0, 1, 2])
     logits = np.eye(3)[labels] * 50  # always right and sure: ECE 0 already
-    assert calibrate(logits, labels) == 1.0
+    assert calibrate(logits, labels) == (1.0, 0.0, 0.0)
