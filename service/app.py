@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 import uvicorn
@@ -20,6 +21,7 @@ from service.engine import Engine
 from service.errors import install_handlers
 from service.guard import Guard
 from service.loader import StartupError, open_model, verify_bundles, warm_up
+from service.protocol import guarded_protocol
 from service.routes import native, ops, v2
 from service.runtime import SessionFactory
 from service.settings import Settings
@@ -124,20 +126,28 @@ def freeze_loaded_objects() -> None:
     gc.freeze()
 
 
+def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How this service runs under uvicorn: its protocol with the head limits (service.protocol),
+    no uvicorn access log (service.guard writes one, with the request id)."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "http": guarded_protocol(settings),
+        "timeout_graceful_shutdown": max(1, int(settings.drain_timeout_s)),
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
 def serve(settings: Settings, *, session_factory: SessionFactory | None = None) -> None:
     """Run the server until SIGTERM/SIGINT, then drain (service.shutdown) and return (blocking).
     Raises StartupError if the bundles cannot be served."""
     logging.basicConfig(level=settings.log_level.upper(), format=logs.FORMAT)
     app = create_app(settings, session_factory=session_factory)
     engine: Engine = app.state.engine
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # service.guard writes one, with the request id
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
-    )
+    config = uvicorn_config(app, settings)
     server = DrainingServer(config, engine)
 
     def stop() -> None:

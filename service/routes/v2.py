@@ -49,9 +49,19 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", responses={503: {"description": "Loading, failed to load, or draining"}})
+@router.get(
+    "/v2/health/ready",
+    responses={503: {"description": "Loading, failed to load, draining, or every in-flight slot taken"}},
+)
 async def ready(eng: Engine = Depends(engine)) -> JSONResponse:
-    return JSONResponse({"ready": eng.ready}, status_code=200 if eng.ready else 503)
+    """200 while this server takes inference; 503 while it cannot, so a load balancer sends elsewhere:
+    still loading, failed, draining, or all `max_inflight_requests` slots busy (new requests get 429)."""
+    saturated = eng.in_flight >= eng.settings.max_inflight_requests
+    ok = eng.ready and not saturated
+    body: dict[str, object] = {"ready": ok}
+    if eng.ready and saturated:
+        body["reason"] = f"all {eng.settings.max_inflight_requests} in-flight slots taken"
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/v2")
