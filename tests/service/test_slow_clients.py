@@ -107,7 +107,8 @@ def test_heads_over_the_limits_get_431(address: str, head: str) -> None:
 
 def test_a_head_inside_the_limits_is_served(address: str) -> None:
     head = "\r\n".join(f"X-H{i}: v" for i in range(15))
-    answer, _ = _exchange(address, f"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n{head}\r\nConnection: close\r\n\r\n".encode())
+    data = f"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n{head}\r\nConnection: close\r\n\r\n"
+    answer, _ = _exchange(address, data.encode())
     assert answer.startswith(b"HTTP/1.1 200 ")
 
 
