@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from export.manifest import Manifest
 from service import __version__, logs
+from service.docs import install_docs
 from service.engine import Engine
 from service.errors import install_handlers
 from service.guard import Guard
@@ -64,11 +65,14 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves them, without a CDN
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.on_fatal = lambda: None  # serve() replaces it with "stop the server"
     app.state.on_ready = lambda: None  # serve() replaces it with freeze_loaded_objects
     install_handlers(app)
+    install_docs(app)
     app.add_middleware(
         Guard, engine=engine, settings=settings, direct={"native": native.predict, "v2": v2.infer}
     )

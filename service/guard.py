@@ -3,7 +3,8 @@
 - Request id: the caller's `X-Request-ID` if safe (service.logs), else a fresh one; sent back in
   the `X-Request-ID` header, in error bodies, and on every log line written while handling it.
 - Auth (when `auth_token` is set): `Authorization: Bearer <token>`, compared in constant time, on
-  every path except the API docs and, unless `protect_health_and_metrics`, /v2/health/* and /metrics.
+  every path except the API docs (service.docs) and, unless `protect_health_and_metrics`,
+  /v2/health/* and /metrics.
 - Bodies over `max_body_bytes` get 413, from Content-Length before reading or while reading.
 - An inference request's body is read whole before it takes a slot, within `read_timeout_s` of the
   request's first byte (service.protocol stamps it; else from here): past it, 408 and the connection
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors, logs
+from service import docs, errors, logs
 from service.engine import Engine
 from service.errors import error_response
 from service.protocol import READ_BEGAN
@@ -46,7 +47,6 @@ INFERENCE = re.compile(
     r"/v1/models/(?P<native>[^/]+)/predict|/v2/models/(?P<v2>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"
 )
 Route = Callable[[str, Request], Awaitable[Response]]  # (model name, request) -> response
-OPEN = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def is_probe(path: str) -> bool:
@@ -163,7 +163,7 @@ class Guard:
         await response(scope, receive, send)
 
     def _authorized(self, path: str, headers: Headers) -> bool:
-        if self.token is None or path in OPEN:
+        if self.token is None or docs.is_docs(path):
             return True
         if is_probe(path) and not self.settings.protect_health_and_metrics:
             return True

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import slow_clients
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import live_server, make_settings
 
@@ -132,3 +133,16 @@ def test_a_client_gone_mid_body_is_cancelled_not_an_error(
     gone = [r for r in caplog.records if "disconnected before its body" in r.getMessage()]
     assert len(gone) == 5 and all(r.levelno == logging.INFO and r.exc_info is None for r in gone)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_readiness_is_503_while_every_slot_is_taken(client: TestClient) -> None:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    assert client.get("/v2/health/ready").status_code == 200
+    engine.in_flight = engine.settings.max_inflight_requests  # as if that many were being served
+    try:
+        answer = client.get("/v2/health/ready")
+        assert answer.status_code == 503 and answer.json()["ready"] is False
+        assert "in-flight slots taken" in answer.json()["reason"]
+    finally:
+        engine.in_flight = 0
+    assert client.get("/v2/health/ready").json() == {"ready": True}
