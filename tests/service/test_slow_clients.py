@@ -23,8 +23,10 @@ import slow_clients
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import live_server, make_settings
+from starlette.requests import ClientDisconnect
 
 from export.manifest import Manifest
+from service.errors import outcome_of
 
 DEADLINE_S = 3.0
 SLOTS = 24
@@ -146,3 +148,7 @@ def test_readiness_is_503_while_every_slot_is_taken(client: TestClient) -> None:
     finally:
         engine.in_flight = 0
     assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
+def test_a_disconnect_anywhere_is_cancelled() -> None:
+    assert outcome_of(ClientDisconnect()) == "cancelled"  # e.g. raised by a route's request.body()
