@@ -22,6 +22,7 @@ from service.engine import Engine
 from service.errors import install_handlers
 from service.guard import Guard
 from service.loader import StartupError, open_model, verify_bundles, warm_up
+from service.openapi import install_openapi
 from service.protocol import guarded_protocol
 from service.routes import native, ops, v2
 from service.runtime import SessionFactory
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     app.state.on_fatal = lambda: None  # serve() replaces it with "stop the server"
     app.state.on_ready = lambda: None  # serve() replaces it with freeze_loaded_objects
     install_handlers(app)
+    install_openapi(app, engine)
     install_docs(app)
     app.add_middleware(
         Guard, engine=engine, settings=settings, direct={"native": native.predict, "v2": v2.infer}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -82,7 +83,8 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
-        self.scope.setdefault("extensions", {})[READ_BEGAN] = self._began  # type: ignore[typeddict-unknown-key]
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope.setdefault("extensions", {})[READ_BEGAN] = self._began
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error; ours when the error was a limit raised in `_count`."""

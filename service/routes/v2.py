@@ -34,13 +34,21 @@ _INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"type": "object"}, "example": _INFER_EXAMPLE},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": f"JSON header of {HEADER_LENGTH} bytes, then raw tensor bytes",
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/V2InferRequest"},
+                "example": _INFER_EXAMPLE,
             },
         },
-    }
+    },
+    "responses": {
+        "200": {
+            "description": "The outputs; application/octet-stream when any is sent binary",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/V2InferResponse"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
 }
 
 
@@ -111,6 +119,8 @@ def _number(params: dict[str, Any], key: str) -> float | None:
 
 def budget_from(params: dict[str, Any]) -> RequestBudget:
     priority = params.get("priority", 0)
+    if isinstance(priority, float) and priority.is_integer():  # 3.0 is an integer to JSON Schema
+        priority = int(priority)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise BadRequest(f"parameter 'priority' must be an integer, got {priority!r}")
     timeout_us = _number(params, "timeout")
@@ -131,7 +141,11 @@ def budget_from(params: dict[str, Any]) -> RequestBudget:
 )
 @router.post(_VERSIONED + "/infer", include_in_schema=False)
 async def infer(name: str, request: Request) -> Response:
-    """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`)."""
+    """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`).
+
+    Binary tensor data extension: the JSON header, then raw tensor bytes; the header's length in
+    `Inference-Header-Content-Length`, each binary input's size in `parameters.binary_data_size`
+    (the schema describes the JSON form)."""
     eng = engine_of(request)
     with eng.track(name) as rec:
         model = _model(eng, name, request)
