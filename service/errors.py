@@ -84,6 +84,7 @@ def error_docs(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown model or version",
         500: "Inference failed",
         401: "Missing or wrong bearer token (when the server has one)",
+        408: "Headers and body not complete within read_timeout_s; the connection closes",
         413: "Body larger than the configured limit",
         429: "Too many requests in flight (see Retry-After)",
         503: "Not ready, draining, or queue full (see Retry-After)",

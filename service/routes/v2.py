@@ -137,7 +137,7 @@ def budget_from(params: dict[str, Any]) -> RequestBudget:
 
 
 @router.post(
-    _MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 413, 429, 500, 503, 504)
+    _MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 408, 413, 429, 500, 503, 504)
 )
 @router.post(_VERSIONED + "/infer", include_in_schema=False)
 async def infer(name: str, request: Request) -> Response:
