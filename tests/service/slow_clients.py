@@ -21,7 +21,7 @@ from service_helpers import RawClient
 @dataclass
 class Outcome:
     stalled_status: list[int] = field(default_factory=list)  # per stalled connection; 0 = none
-    stalled_after_s: list[float] = field(default_factory=list)  # from its first byte to the answer
+    stalled_after_s: list[float] = field(default_factory=list)  # from connecting to the answer
     well_status: list[int] = field(default_factory=list)
     ready_status: list[int] = field(default_factory=list)  # /v2/health/ready while stalled
 
@@ -38,8 +38,8 @@ def predict_body(shape: list[int]) -> dict[str, object]:
 
 
 async def _stall(host: str, port: int, path: str, body: bytes, out: Outcome, began: asyncio.Event) -> None:
+    start = time.monotonic()  # before the server can start its clock
     reader, writer = await asyncio.open_connection(host, port)
-    start = time.monotonic()
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
     await writer.drain()

@@ -58,11 +58,11 @@ def _counts(address: str) -> Counter[str]:
     return counts
 
 
-def _exchange(address: str, data: bytes, wait_s: float = DEADLINE_S + 2) -> tuple[bytes, float]:
+def _exchange(address: str, data: bytes, wait_s: float = DEADLINE_S + 3) -> tuple[bytes, float]:
     """Send `data` on a fresh connection; (everything the server sent until it closed, seconds)."""
     host, port = address.split(":")
+    start = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=wait_s) as s:
-        start = time.monotonic()
         s.sendall(data)
         chunks = []
         while chunk := s.recv(65536):
@@ -80,7 +80,8 @@ def test_stalled_uploads_do_not_starve_complete_requests(address: str, manifest:
     assert len(out.well_status) >= 8 * 10 and out.well_ok == 1.0, sorted(set(out.well_status))
     assert out.ready_status and set(out.ready_status) == {200}  # slots were free all along
     assert out.stalled_status == [408] * STALLED, sorted(set(out.stalled_status))
-    assert max(out.stalled_after_s) <= DEADLINE_S + 1.0 and min(out.stalled_after_s) >= DEADLINE_S - 0.5
+    # never before the deadline; after it, by how long 2 shared cores take to answer 300 at once
+    assert min(out.stalled_after_s) >= DEADLINE_S - 0.05 and max(out.stalled_after_s) <= DEADLINE_S + 2.0
     after = _counts(address)
     assert after["cancelled"] - before["cancelled"] == STALLED and after["error"] == before["error"]
 
@@ -89,7 +90,7 @@ def test_a_trickled_or_silent_head_gets_408_by_the_deadline(address: str) -> Non
     for data in (b"POST /v1/models/synthetic/predict HTTP/1.1\r\nHost: x\r\n", b""):
         answer, took = _exchange(address, data)
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
-        assert DEADLINE_S - 0.5 <= took <= DEADLINE_S + 1.0
+        assert DEADLINE_S - 0.05 <= took <= DEADLINE_S + 2.0
 
 
 @pytest.mark.parametrize(
