@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,6 +88,8 @@ class Guard:
 
         try:
             await self._guarded(scope, receive, send_with_id, headers)
+        except ClientDisconnect:  # a route reading a body the client abandoned: nobody to answer
+            log.info("%s %s: client disconnected", scope["method"], scope["path"])
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not status[0]:
