@@ -144,17 +144,15 @@ def serve(
     port: Annotated[int | None, typer.Option(help="default 8000, or CIRCUITSERVE_PORT")] = None,
 ) -> None:
     """Serve bundles over HTTP (native JSON API and Open Inference Protocol v2)."""
-    from pydantic import ValidationError
-
     from service.app import serve as run_server
     from service.loader import StartupError
-    from service.settings import Settings
+    from service.settings import SettingsError, load
 
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if bundles:
         overrides["bundles"] = bundles
-    with user_errors(ValidationError, prefix="error: invalid settings"):
-        settings = Settings(**overrides)
+    with user_errors(SettingsError, prefix="error: invalid settings"):
+        settings = load(**overrides)
     if not settings.bundles:
         settings = settings.model_copy(update={"bundles": [ensure_default_bundle()]})
     with user_errors(StartupError, prefix="error: cannot serve"):

@@ -10,6 +10,11 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     echo "installing promtool (Debian package prometheus)..."
     apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# Chromium renders /docs offline in tests/service/test_docs.py; Debian's package chromium.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium (Debian package chromium)..."
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 # Tests: strict, but test functions and fixtures need not annotate, and may reach names a module

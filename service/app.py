@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 import uvicorn
@@ -16,10 +17,13 @@ from fastapi import FastAPI
 
 from export.manifest import Manifest
 from service import __version__, logs
+from service.docs import install_docs
 from service.engine import Engine
 from service.errors import install_handlers
 from service.guard import Guard
 from service.loader import StartupError, open_model, verify_bundles, warm_up
+from service.openapi import install_openapi
+from service.protocol import guarded_protocol
 from service.routes import native, ops, v2
 from service.runtime import SessionFactory
 from service.settings import Settings
@@ -62,11 +66,15 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves them, without a CDN
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.on_fatal = lambda: None  # serve() replaces it with "stop the server"
     app.state.on_ready = lambda: None  # serve() replaces it with freeze_loaded_objects
     install_handlers(app)
+    install_openapi(app, engine)
+    install_docs(app)
     app.add_middleware(
         Guard, engine=engine, settings=settings, direct={"native": native.predict, "v2": v2.infer}
     )
@@ -124,20 +132,28 @@ def freeze_loaded_objects() -> None:
     gc.freeze()
 
 
+def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How this service runs under uvicorn: its protocol with the head limits (service.protocol),
+    no uvicorn access log (service.guard writes one, with the request id)."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "http": guarded_protocol(settings),
+        "timeout_graceful_shutdown": max(1, int(settings.drain_timeout_s)),
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
 def serve(settings: Settings, *, session_factory: SessionFactory | None = None) -> None:
     """Run the server until SIGTERM/SIGINT, then drain (service.shutdown) and return (blocking).
     Raises StartupError if the bundles cannot be served."""
     logging.basicConfig(level=settings.log_level.upper(), format=logs.FORMAT)
     app = create_app(settings, session_factory=session_factory)
     engine: Engine = app.state.engine
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # service.guard writes one, with the request id
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
-    )
+    config = uvicorn_config(app, settings)
     server = DrainingServer(config, engine)
 
     def stop() -> None:

@@ -2,7 +2,9 @@
 
 Raise a ServiceError subclass anywhere; the handlers installed by `install_handlers` turn it into
 `{"error": message}` with its status code (the body the Open Inference Protocol clients parse).
-`outcome` is the value of the `outcome` label on `circuitserve_requests_total`.
+`outcome` is the value of the `outcome` label on `circuitserve_requests_total`; `cancelled` is a
+request its client abandoned (gone or stalled before its body was complete, see service.guard): not
+served, and not a server fault, so outside the error ratio.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service import logs
 
@@ -81,6 +84,7 @@ def error_docs(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown model or version",
         500: "Inference failed",
         401: "Missing or wrong bearer token (when the server has one)",
+        408: "Headers and body not complete within read_timeout_s; the connection closes",
         413: "Body larger than the configured limit",
         429: "Too many requests in flight (see Retry-After)",
         503: "Not ready, draining, or queue full (see Retry-After)",
@@ -110,6 +114,8 @@ def drop_422_from_docs(app: FastAPI) -> None:
 def outcome_of(exc: BaseException | None) -> str:
     if exc is None:
         return "success"
+    if isinstance(exc, ClientDisconnect):
+        return "cancelled"
     if isinstance(exc, StarletteHTTPException):  # e.g. 413 from service.guard while reading the body
         return "bad_request" if exc.status_code < 500 else "error"
     if isinstance(exc, RequestValidationError):
@@ -143,6 +149,9 @@ async def handle(request: Request, exc: Exception) -> JSONResponse:
         return error_response(400, _validation_message(exc))
     if isinstance(exc, StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    if isinstance(exc, ClientDisconnect):  # nobody to answer; the response goes nowhere
+        log.info("%s %s: client disconnected", request.method, request.url.path)
+        return error_response(499, "client disconnected")
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, f"internal error: {type(exc).__name__}")
 

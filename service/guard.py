@@ -3,10 +3,15 @@
 - Request id: the caller's `X-Request-ID` if safe (service.logs), else a fresh one; sent back in
   the `X-Request-ID` header, in error bodies, and on every log line written while handling it.
 - Auth (when `auth_token` is set): `Authorization: Bearer <token>`, compared in constant time, on
-  every path except the API docs and, unless `protect_health_and_metrics`, /v2/health/* and /metrics.
+  every path except the API docs (service.docs) and, unless `protect_health_and_metrics`,
+  /v2/health/* and /metrics.
 - Bodies over `max_body_bytes` get 413, from Content-Length before reading or while reading.
-- At most `max_inflight_requests` inference requests at once; more get 429 before their body is read.
-  The count is what a drain waits for (service.app).
+- An inference request's body is read whole before it takes a slot, within `read_timeout_s` of the
+  request's first byte (service.protocol stamps it; else from here): past it, 408 and the connection
+  closes. So a stalled upload holds a connection and its partial body, never a slot.
+- A client gone before its body is complete is `cancelled`: logged at INFO, no answer, no error.
+- At most `max_inflight_requests` inference requests with complete bodies at once; more get 429.
+  The count is what a drain waits for (service.app) and what readiness reports (routes.v2).
 - An exception no handler took becomes a 500 with `{"error": ...}`; one access log line per request.
 - Admitted POSTs to the two inference routes go straight to their route functions (`direct`), past
   Starlette's routing and FastAPI's dependency and response machinery: on small models those cost
@@ -16,6 +21,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -24,13 +30,14 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors, logs
+from service import docs, errors, logs
 from service.engine import Engine
 from service.errors import error_response
+from service.protocol import READ_BEGAN
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,11 +47,14 @@ INFERENCE = re.compile(
     r"/v1/models/(?P<native>[^/]+)/predict|/v2/models/(?P<v2>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"
 )
 Route = Callable[[str, Request], Awaitable[Response]]  # (model name, request) -> response
-OPEN = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def is_probe(path: str) -> bool:
     return path.startswith("/v2/health/") or path == "/metrics"
+
+
+class Gone(Exception):
+    """The client disconnected before its request body was complete."""
 
 
 class Guard:
@@ -78,6 +88,8 @@ class Guard:
 
         try:
             await self._guarded(scope, receive, send_with_id, headers)
+        except ClientDisconnect:  # a route reading a body the client abandoned: nobody to answer
+            log.info("%s %s: client disconnected", scope["method"], scope["path"])
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not status[0]:
@@ -104,6 +116,21 @@ class Guard:
         if inference is None:
             await self.app(scope, self._limited(receive), send)
             return
+        try:
+            body = await self._read_body(scope, receive)
+        except Gone:
+            self._count(model, "cancelled")
+            log.info("%s %s: client disconnected before its body was complete", scope["method"], path)
+            return
+        except TimeoutError:
+            self._count(model, "cancelled")
+            message = f"request body not complete within {self.settings.read_timeout_s:g} s"
+            await error_response(408, message, {"Connection": "close"})(scope, receive, send)
+            return
+        except HTTPException as exc:  # 413
+            self._count(model, "bad_request")
+            await error_response(exc.status_code, exc.detail)(scope, receive, send)
+            return
         if self.engine.in_flight >= self.settings.max_inflight_requests:
             self._count(model, "rejected")
             limit = self.settings.max_inflight_requests
@@ -114,10 +141,11 @@ class Guard:
         try:
             protocol = "native" if inference["native"] else "v2"
             route = self.direct.get(protocol) if scope["method"] == "POST" else None
+            replay = _replay(body, receive)
             if route is None:
-                await self.app(scope, self._limited(receive), send)
+                await self.app(scope, replay, send)
             else:
-                await self._dispatch(route, inference, scope, self._limited(receive), send)
+                await self._dispatch(route, inference, scope, replay, send)
         finally:
             self.engine.in_flight -= 1
 
@@ -137,13 +165,31 @@ class Guard:
         await response(scope, receive, send)
 
     def _authorized(self, path: str, headers: Headers) -> bool:
-        if self.token is None or path in OPEN:
+        if self.token is None or docs.is_docs(path):
             return True
         if is_probe(path) and not self.settings.protect_health_and_metrics:
             return True
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
         given = credentials.strip().encode("utf-8", "replace")
         return hmac.compare_digest(given, self.token) and scheme.lower() == "bearer"
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body, by the read deadline (TimeoutError), at most max_body_bytes (413)."""
+        loop = asyncio.get_running_loop()
+        began = scope.get("extensions", {}).get(READ_BEGAN, loop.time())
+        chunks, seen = [], 0
+        async with asyncio.timeout_at(began + self.settings.read_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Gone
+                chunk = message.get("body", b"")
+                seen += len(chunk)
+                if seen > self.settings.max_body_bytes:
+                    raise HTTPException(413, self._too_large())
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _limited(self, receive: Receive) -> Receive:
         """`receive`, raising 413 once the body passes the limit (bodies without Content-Length)."""
@@ -166,3 +212,18 @@ class Guard:
     def _count(self, model: str | None, outcome: str) -> None:
         if model is not None:
             self.engine.count_invalid(model, outcome)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for an app whose body was read already: the body once, then the real messages
+    (http.disconnect when the client goes)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

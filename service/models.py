@@ -16,6 +16,12 @@ from service.errors import BadRequest
 from service.policy import Correction, LevelProfile, LevelState
 from service.runtime import LevelRunner
 
+# Input values must be below 2**100 in magnitude as float32 (larger ones drive float32 arithmetic
+# inside a model to NaN outputs). As a bound on the JSON numbers before rounding to float32, that is
+# |x| < INPUT_LIMIT: exactly the numbers that round to less than 2**100 (ties round to even, 2**100).
+INPUT_BOUND = np.float32(2.0**100)
+INPUT_LIMIT = 2.0**100 - 2.0**75
+
 
 def profile_of(level: Level) -> LevelProfile:
     points = tuple(sorted((s.batch_size, s.median_ms) for s in level.latency))
@@ -91,8 +97,10 @@ class ServedModel:
             )
         if x.shape[0] < 1:
             raise BadRequest(f"input {spec.name!r} has no rows")
-        if not np.isfinite(x).all():
-            raise BadRequest(f"input {spec.name!r} contains NaN or infinite values")
+        if not (np.abs(x) < INPUT_BOUND).all():  # also false for NaN
+            raise BadRequest(
+                f"input {spec.name!r} contains NaN or infinite values, or values beyond ±{INPUT_LIMIT:.4g}"
+            )
         return np.ascontiguousarray(x)
 
 

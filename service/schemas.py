@@ -7,6 +7,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 _EXAMPLE_ROW: Any = [[0.0] * 8 for _ in range(8)]
+_GIVEN: Any = {"not": {"type": "null"}}
+# JSON Schema of a body that names a level and states a budget: the server refuses it (400).
+LEVEL_AND_BUDGET: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["sparsity_level", b], "properties": {"sparsity_level": _GIVEN, b: _GIVEN}}
+        for b in ("latency_budget_ms", "min_accuracy")
+    ]
+}
 
 
 class PredictRequest(BaseModel):
@@ -17,7 +25,8 @@ class PredictRequest(BaseModel):
                 {"inputs": [_EXAMPLE_ROW], "latency_budget_ms": 5.0},
                 {"inputs": [_EXAMPLE_ROW, _EXAMPLE_ROW], "sparsity_level": "1/2", "top_k": 3},
                 {"inputs": [_EXAMPLE_ROW], "min_accuracy": 0.85, "priority": 1, "timeout_ms": 200},
-            ]
+            ],
+            "not": LEVEL_AND_BUDGET,
         },
     )
 

@@ -1,15 +1,16 @@
 """All server settings: one object, from arguments and `CIRCUITSERVE_*` environment variables.
 
 Lists are JSON in the environment: `CIRCUITSERVE_BUNDLES='["bundles/mnist1d"]'`.
-Constructing a Settings validates it and touches no hardware.
+Constructing a Settings validates it and touches no hardware. `load` is the same for people: what is
+wrong comes back as one line (`SettingsError`) naming the setting, its flag and its variable.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +47,16 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(
         default=512, ge=1, description="inference requests handled at once; more get 429 before their body"
     )
+    read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="a request's headers and body must arrive within this of its first byte; else 408",
+    )
+    max_header_bytes: int = Field(
+        default=32 << 10, ge=1024, description="request line and headers, in bytes; more get 431"
+    )
+    max_headers: int = Field(default=100, ge=8, description="header fields per request; more get 431")
     auth_token: SecretStr | None = Field(
         default=None, description="bearer token required on inference and model/admin endpoints"
     )
@@ -73,3 +84,42 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
+
+
+# The `circuitserve serve` flags that set a field; every field also has its CIRCUITSERVE_* variable.
+FLAGS = {"bundles": "the BUNDLES arguments", "host": "--host", "port": "--port"}
+_SECRET = frozenset({"auth_token"})
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be served with, said in one line (see `describe`)."""
+
+
+def describe(exc: ValidationError) -> str:
+    """pydantic's report as one line: per wrong setting, what is wrong and where to fix it, e.g.
+    `port: Input should be less than or equal to 65535, got 70000 (set --port or CIRCUITSERVE_PORT)`."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        name = str(err["loc"][0]) if err["loc"] else "settings"
+        what = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{name}: no such setting (CIRCUITSERVE_{name.upper()})")
+            continue
+        if err["type"] != "value_error" and name not in _SECRET:  # our own validators name the value
+            what += f", got {_short(err.get('input'))}"
+        where = " or ".join([*([FLAGS[name]] if name in FLAGS else []), f"CIRCUITSERVE_{name.upper()}"])
+        parts.append(f"{name}: {what} (set {where})")
+    return "; ".join(parts)
+
+
+def load(**overrides: Any) -> Settings:
+    """`Settings(**overrides)`, raising SettingsError with a one-line message if they are invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -49,6 +49,18 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _or_empty(value: Any) -> Any:
+    """null or absent is no parameters; false, 0, "" or [] are not objects (400)."""
+    return {} if value is None else value
+
+
+def _flag(params: dict[str, Any], key: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"parameter {key!r} must be true or false, got {value!r}")
+    return value
+
+
 def _shape(value: Any, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(d, int) and d >= 0 for d in value):
         raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers, got {value!r}")
@@ -112,7 +124,7 @@ def parse_request(body: bytes, header_length: str | None) -> V2Request:
         inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(f"body has {len(binary) - offset} binary bytes that no input claims")
-    params = _obj(doc.get("parameters") or {}, "parameters")
+    params = _obj(_or_empty(doc.get("parameters")), "parameters")
     outputs = None
     if doc.get("outputs") is not None:
         if not isinstance(doc["outputs"], list):
@@ -122,17 +134,18 @@ def parse_request(body: bytes, header_length: str | None) -> V2Request:
             out = _obj(out, "each output")
             if not isinstance(out.get("name"), str):
                 raise BadRequest("every requested output needs a string 'name'")
-            oparams = _obj(out.get("parameters") or {}, "output parameters")
+            oparams = _obj(_or_empty(out.get("parameters")), "output parameters")
             if "classification" in oparams:
                 raise BadRequest("the classification extension is not supported; ask for probabilities")
-            outputs[out["name"]] = bool(oparams.get("binary_data", params.get("binary_data_output")))
+            own = _flag(oparams, "binary_data")
+            outputs[out["name"]] = bool(_flag(params, "binary_data_output") if own is None else own)
     req_id = doc.get("id")
     return V2Request(
         None if req_id is None else str(req_id),
         params,
         inputs,
         outputs,
-        bool(params.get("binary_data_output")),
+        bool(_flag(params, "binary_data_output")),
     )
 
 

@@ -74,7 +74,7 @@ def _parse(body: bytes) -> PredictRequest:
 @router.post(
     "/models/{name}/predict",
     response_model=PredictResponse,
-    responses=error_docs(400, 404, 413, 429, 500, 503, 504),
+    responses=error_docs(400, 404, 408, 413, 429, 500, 503, 504),
     openapi_extra=_PREDICT_DOC,
 )
 async def predict(name: str, request: Request) -> Response:

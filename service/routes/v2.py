@@ -34,13 +34,21 @@ _INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"type": "object"}, "example": _INFER_EXAMPLE},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": f"JSON header of {HEADER_LENGTH} bytes, then raw tensor bytes",
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/V2InferRequest"},
+                "example": _INFER_EXAMPLE,
             },
         },
-    }
+    },
+    "responses": {
+        "200": {
+            "description": "The outputs; application/octet-stream when any is sent binary",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/V2InferResponse"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
 }
 
 
@@ -49,9 +57,19 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", responses={503: {"description": "Loading, failed to load, or draining"}})
+@router.get(
+    "/v2/health/ready",
+    responses={503: {"description": "Loading, failed to load, draining, or every in-flight slot taken"}},
+)
 async def ready(eng: Engine = Depends(engine)) -> JSONResponse:
-    return JSONResponse({"ready": eng.ready}, status_code=200 if eng.ready else 503)
+    """200 while this server takes inference; 503 while it cannot, so a load balancer sends elsewhere:
+    still loading, failed, draining, or all `max_inflight_requests` slots busy (new requests get 429)."""
+    saturated = eng.in_flight >= eng.settings.max_inflight_requests
+    ok = eng.ready and not saturated
+    body: dict[str, object] = {"ready": ok}
+    if eng.ready and saturated:
+        body["reason"] = f"all {eng.settings.max_inflight_requests} in-flight slots taken"
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/v2")
@@ -101,6 +119,8 @@ def _number(params: dict[str, Any], key: str) -> float | None:
 
 def budget_from(params: dict[str, Any]) -> RequestBudget:
     priority = params.get("priority", 0)
+    if isinstance(priority, float) and priority.is_integer():  # 3.0 is an integer to JSON Schema
+        priority = int(priority)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise BadRequest(f"parameter 'priority' must be an integer, got {priority!r}")
     timeout_us = _number(params, "timeout")
@@ -117,11 +137,15 @@ def budget_from(params: dict[str, Any]) -> RequestBudget:
 
 
 @router.post(
-    _MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 413, 429, 500, 503, 504)
+    _MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 408, 413, 429, 500, 503, 504)
 )
 @router.post(_VERSIONED + "/infer", include_in_schema=False)
 async def infer(name: str, request: Request) -> Response:
-    """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`)."""
+    """Infer; the budget goes in `parameters` (`sparsity_level`, `latency_budget_ms`, `min_accuracy`).
+
+    Binary tensor data extension: the JSON header, then raw tensor bytes; the header's length in
+    `Inference-Header-Content-Length`, each binary input's size in `parameters.binary_data_size`
+    (the schema describes the JSON form)."""
     eng = engine_of(request)
     with eng.track(name) as rec:
         model = _model(eng, name, request)

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from export.manifest import Manifest
-from service.app import create_app
+from service.app import create_app, uvicorn_config
 from service.settings import Settings
 
 
@@ -74,9 +74,13 @@ def asgi_client(app: FastAPI, ready: bool = True) -> Iterator[TestClient]:
 
 @contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
-    """A real uvicorn on 127.0.0.1 (free port) in a thread; yields "127.0.0.1:PORT"."""
+    """A real uvicorn on 127.0.0.1 (free port) in a thread, configured as `serve` does; yields
+    "127.0.0.1:PORT"."""
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    config = uvicorn_config(
+        app, settings, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=None
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     try:

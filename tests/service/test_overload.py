@@ -1,8 +1,9 @@
 """Overload on loopback, bounded in time: a real server process whose model takes 20 ms a batch of
 at most 4 (200 samples/s at best) under closed-loop load from CLIENTS connections for LOAD_S seconds
 (thousands of requests a second: RawClient, not httpx, so the load generator is not the bottleneck).
-Every request gets 200, 429, 503 or 504; none is lost or hangs; the health endpoints answer 200
-throughout; resident memory stays flat. The figures are printed (pytest -s) for the record."""
+Every request gets 200, 429, 503 or 504; none is lost or hangs; the health endpoints answer
+throughout (liveness 200; readiness 200, or 503 at moments every in-flight slot is taken); resident
+memory stays flat. The figures are printed (pytest -s) for the record."""
 
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ def test_overload_sheds_answers_everyone_and_stays_flat(
     assert set(statuses) <= {200, 429, 503, 504}, statuses  # nothing lost, nothing hanging, no 500
     assert statuses[200] > 0 and statuses[200] < total / 2, statuses  # served at capacity, shed the rest
     assert statuses[429] > 0 and statuses[503] > 0  # both sheds: in-flight limit, full queue
-    assert set(out["health"]) <= {("/v2/health/live", 200), ("/v2/health/ready", 200)}, out["health"]
+    answers = {("/v2/health/live", 200), ("/v2/health/ready", 200), ("/v2/health/ready", 503)}
+    assert set(out["health"]) <= answers, out["health"]
     assert sum(out["health"].values()) >= 2 * LOAD_S * 3  # answered throughout, not once at the end
     assert out["rss_growth"] < MAX_RSS_GROWTH, out
     assert out["after"] == 200

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import Settings, SettingsError, load
 
 
 def test_defaults_match_the_contract() -> None:
@@ -51,3 +51,27 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch, bu
 def test_invalid_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
         Settings(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "overrides, names",
+    [
+        ({"bundles": ["/nonexistent"]}, ["bundles: bundle directories not found: /nonexistent", "BUNDLES"]),
+        ({"port": 70000}, ["port:", "got 70000", "--port", "CIRCUITSERVE_PORT"]),
+        ({"max_batch_size": "x"}, ["max_batch_size:", "'x'", "CIRCUITSERVE_MAX_BATCH_SIZE"]),
+        ({"auth_token": "  "}, ["auth_token: auth_token is empty", "CIRCUITSERVE_AUTH_TOKEN"]),
+        ({"no_such_setting": 1}, ["no_such_setting: no such setting"]),
+    ],
+)
+def test_invalid_settings_are_one_line_naming_the_fix(overrides: dict[str, object], names: list[str]) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(**overrides)
+    message = str(caught.value)
+    assert "\n" not in message and "pydantic" not in message and "input_value" not in message, message
+    for name in names:
+        assert name in message, message
+
+
+def test_every_wrong_setting_is_named_at_once() -> None:
+    with pytest.raises(SettingsError, match=r"^port: .*; provider: .*CIRCUITSERVE_PROVIDER\)$"):
+        load(port=-1, provider="tpu")

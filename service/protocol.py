@@ -1,0 +1,124 @@
+"""uvicorn's httptools protocol with limits on reading a request's head, which uvicorn leaves open.
+
+uvicorn parses the request line and headers itself, before the app sees anything, and has no
+deadline for them nor any limit on their size or number: a client that trickles headers holds its
+connection forever, and one that sends 1 MB header lines or 10,000 headers is served. Here:
+- the head must arrive within `read_timeout_s` of the request's first byte (of the connection,
+  for its first request); past it, 408 and the connection closes;
+- more than `max_header_bytes` of request line and headers, or more than `max_headers` header
+  fields, get 431 and the connection closes;
+- the time the request began goes to the app as `scope["extensions"][READ_BEGAN]` (event-loop
+  time), so service.guard holds the body to the same deadline: one deadline for head and body.
+Idle keep-alive connections are uvicorn's own `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+READ_BEGAN = "circuitserve.read_began"
+
+
+def plain_response(status: int, reason: str, text: str) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection (written before any app runs)."""
+    body = text.encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
+    """The protocol class to give uvicorn.Config(http=...), with `settings`' limits."""
+
+    class Guarded(GuardedHttpTools):
+        timeout_s = settings.read_timeout_s
+        max_bytes = settings.max_header_bytes
+        max_count = settings.max_headers
+
+    return Guarded
+
+
+class GuardedHttpTools(HttpToolsProtocol):
+    timeout_s: float
+    max_bytes: int
+    max_count: int
+    _timer: asyncio.TimerHandle | None = None
+    _began = 0.0
+    _head_bytes = 0
+    _head_count = 0
+    _refusal: bytes | None = None  # the response for a head over the limits
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._timer is None:  # a later request on a kept-alive connection: from its first byte
+            self._arm()
+        self._head_bytes = self._head_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url), 0)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools may hand over one header in pieces: a name alone counts as a new field
+        self._count(len(name) + len(value) + 4, 1 if name else 0)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope.setdefault("extensions", {})[READ_BEGAN] = self._began
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error; ours when the error was a limit raised in `_count`."""
+        if self._refusal is None:
+            super().send_400_response(msg)
+            return
+        self.transport.write(self._refusal)
+        self.transport.close()
+
+    def _count(self, size: int, fields: int) -> None:
+        self._head_bytes += size
+        self._head_count += fields
+        if self._head_bytes > self.max_bytes or self._head_count > self.max_count:
+            self._refusal = plain_response(
+                431,
+                "Request Header Fields Too Large",
+                f"request line and headers over the limit of {self.max_bytes} bytes "
+                f"or {self.max_count} fields",
+            )
+            raise ValueError("header limit")  # the parser stops; uvicorn calls send_400_response
+
+    def _arm(self) -> None:
+        self._began = self.loop.time()
+        self._timer = self.loop.call_later(self.timeout_s, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.transport.is_closing():
+            log.info("request head not complete within %.1f s: 408, connection closed", self.timeout_s)
+            text = f"request headers not complete within {self.timeout_s:g} s"
+            self.transport.write(plain_response(408, "Request Timeout", text))
+            self.transport.close()
