@@ -43,6 +43,44 @@ class V2Request:
     binary_output: bool = False  # request-level binary_data_output
 
 
+def numbers(data: Any, dtype: np.dtype[Any], what: str, maybe_bools: bool = True) -> np.ndarray:
+    """A (nested) JSON list of numbers as an array of `dtype`; BadRequest naming what is not a
+    number (a string, a boolean, a null, an integer too big for any type) or a ragged list.
+    `maybe_bools=False` (the JSON has no `true`/`false` at all) skips the one check numpy cannot
+    make in C: booleans among numbers."""
+    try:
+        raw = np.asarray(data)  # only numbers: int64 or float64
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise BadRequest(f"{what} must be equally shaped lists of numbers: {exc}") from None
+    if raw.dtype.kind in "fiu" and not (maybe_bools and _has_bool(data)):
+        with np.errstate(over="ignore"):  # beyond the datatype's range: inf, refused later for FP32
+            return raw.astype(dtype)
+    raise BadRequest(f"{what} must be lists of numbers; found {_not_a_number(raw)}")
+
+
+def _has_bool(data: Any) -> bool:
+    if not isinstance(data, list):
+        return isinstance(data, bool)
+    if data and isinstance(data[0], list):
+        return any(_has_bool(v) for v in data)
+    return bool in set(map(type, data))
+
+
+def _not_a_number(raw: np.ndarray) -> str:
+    if raw.dtype.kind == "U":
+        return "strings"
+    for v in raw.ravel():
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return "booleans"
+        if isinstance(v, str):
+            return "strings"
+        if isinstance(v, int):
+            return "an integer out of range"
+    return "booleans" if raw.dtype.kind in "bfiu" else f"{raw.dtype} values"
+
+
 def _obj(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object")
@@ -55,7 +93,7 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[V2Tensor, int]:
+def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, maybe_bools: bool) -> tuple[V2Tensor, int]:
     name = spec.get("name")
     if not isinstance(name, str):
         raise BadRequest("every input needs a string 'name'")
@@ -77,11 +115,13 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[V2Te
         return V2Tensor(name, datatype, array), offset + size
     if "data" not in spec:
         raise BadRequest(f"input {name!r}: needs 'data' or parameters.binary_data_size")
-    try:
-        with np.errstate(over="ignore"):  # beyond the datatype's range: inf, refused later for FP32
+    if datatype == "BOOL":
+        try:
             array = np.asarray(spec["data"], dtype=dtype)
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise BadRequest(f"input {name!r}: data is not a (nested) list of {datatype} values: {exc}") from None
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise BadRequest(f"input {name!r}: data is not a (nested) list of BOOL values: {exc}") from None
+    else:
+        array = numbers(spec["data"], dtype, f"input {name!r}: data ({datatype})", maybe_bools)
     if array.size != count:
         raise BadRequest(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
     return V2Tensor(name, datatype, array.reshape(shape)), offset
@@ -107,8 +147,10 @@ def parse_request(body: bytes, header_length: str | None) -> V2Request:
     if not isinstance(specs, list) or not specs:
         raise BadRequest("'inputs' must be a non-empty list")
     inputs, offset = [], 0
+    head = body[:split]
+    maybe_bools = b"true" in head or b"false" in head
     for spec in specs:
-        tensor, offset = _tensor(_obj(spec, "each input"), binary, offset)
+        tensor, offset = _tensor(_obj(spec, "each input"), binary, offset, maybe_bools)
         inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(f"body has {len(binary) - offset} binary bytes that no input claims")

@@ -51,7 +51,7 @@ CASES: dict[str, tuple[str, Any, int, str]] = {
     # name: (api, body: dict (JSON) | str (raw JSON text) | (bytes, headers), status, message)
     "v2 wrong shape": ("v2", v2([1, 3]), 400, "shape [batch, 8, 8]"),
     "v2 wrong dtype": ("v2", v2([1, 8, 8], datatype="INT32"), 400, "must be FP32"),
-    "v2 data of strings": ("v2", v2([1, 1], ["a"]), 400, "not a (nested) list of FP32"),
+    "v2 data of strings": ("v2", v2([1, 1], ["a"]), 400, "found strings"),
     "v2 infinity": ("v2", json.dumps(v2([1, 8, 8], [float("inf")] + [0.0] * 63)), 400, "NaN or infinite"),
     "v2 NaN": ("v2", json.dumps(v2([1, 8, 8], [float("nan")] * 64)), 400, "NaN or infinite"),
     "v2 empty batch": ("v2", v2([0, 8, 8], []), 400, "no rows"),
@@ -60,8 +60,8 @@ CASES: dict[str, tuple[str, Any, int, str]] = {
     "v2 malformed JSON": ("v2", '{"inputs": [', 400, "not valid JSON"),
     "v2 deep JSON": ("v2", "[" * 10_000, 400, "not valid JSON"),
     "v2 5000-digit number": ("v2", '{"id": ' + "9" * 5000 + "}", 400, "not valid JSON"),
-    "v2 unknown level": ("v2", v2([1, 8, 8], sparsity_level="3/7"), 400, "no sparsity level"),
-    "v2 level out of range": ("v2", v2([1, 8, 8], sparsity_level=10**400), 400, "no sparsity level"),
+    "v2 unknown level": ("v2", v2([1, 8, 8], sparsity_level="3/7"), 404, "no sparsity level"),
+    "v2 level out of range": ("v2", v2([1, 8, 8], sparsity_level=10**400), 404, "no sparsity level"),
     "v2 budget out of range": ("v2", v2([1, 8, 8], latency_budget_ms=-5), 400, "latency_budget_ms"),
     "v2 budget overflows": ("v2", v2([1, 8, 8], latency_budget_ms=10**400), 400, "out of range"),
     "v2 accuracy out of range": ("v2", v2([1, 8, 8], min_accuracy=1.5), 400, "min_accuracy"),
@@ -79,7 +79,7 @@ CASES: dict[str, tuple[str, Any, int, str]] = {
     "native too many items": ("native", {"inputs": [ROW] * (QUEUE + 1)}, 400, "exceed the queue limit"),
     "native malformed JSON": ("native", '{"inputs": [', 400, "JSON"),
     "native budget out of range": ("native", {"inputs": [ROW], "min_accuracy": -1}, 400, "min_accuracy"),
-    "native unknown level": ("native", {"inputs": [ROW], "sparsity_level": 0.3}, 400, "no sparsity level"),
+    "native unknown level": ("native", {"inputs": [ROW], "sparsity_level": 0.3}, 404, "no sparsity level"),
     "oversized body": ("v2", v2([1, 8, 8], [0.0] * 64) | {"pad": "x" * LIMIT}, 413, "limit of 16384 bytes"),
     "oversized native": ("native", {"inputs": [ROW], "pad": "x" * LIMIT}, 413, "limit"),
 }
