@@ -134,9 +134,10 @@ class Engine:
         rec.error_ms = error_ms
         self.metrics.prediction_error.labels(model.name).observe(error_ms)
         if budget.given:
-            met = inference.decision.budget_met is not False  # False: no level meets the accuracy floor
-            if budget.latency_ms is not None:
-                met = met and server_ms <= budget.latency_ms
+            floor, latency = budget.min_accuracy, budget.latency_ms
+            met = (floor is None or inference.level.level.accuracy >= floor) and (
+                latency is None or server_ms <= latency
+            )
             inference.budget_met = rec.budget_met = met
             if not met:
                 self.metrics.budget_misses.labels(model.name).inc()

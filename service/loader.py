@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import logging
 import math
 import os
@@ -22,6 +24,7 @@ from service.models import ServedLevel, ServedModel, profile_of
 from service.policy import Correction, retry_after_s
 from service.runtime import CUDA, LevelRunner, Session, SessionConfig, SessionFactory, create_session
 from service.settings import Settings
+from service.v2_codec import encode_response, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +182,22 @@ def warm_up(level: ServedLevel, shape: list[int], runs: int, max_batch_size: int
         points.append((b, statistics.median(seen)))
     level.profile = replace(level.profile, latency_ms=tuple(points))
     level.correction = Correction()
+
+
+async def measure_overhead(model: ServedModel, runs: int = 20) -> None:
+    """Seed the model's overhead estimate (the server's own cost per request, ms): a 1-row v2 JSON
+    request decoded, run through the fastest level's batcher, and encoded, less its compute. What
+    HTTP adds is learnt online from real answers (Engine.answered)."""
+    level = min(model.levels, key=lambda lv: lv.profile.predict_ms(1))
+    shape = model.manifest.input.shape[1:]
+    tensor = {"name": model.manifest.input.name, "shape": [1, *shape], "datatype": "FP32"}
+    body = json.dumps({"inputs": [{**tensor, "data": [0.0] * math.prod(shape)}]}).encode()
+    seen = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        rows = model.check_input(parse_request(body, None).inputs[0].array)
+        result = await level.batcher.submit(rows, deadline=time.monotonic() + 5)
+        encode_response({"model_name": model.name}, [(n, a, False) for n, a in result.outputs.items()])
+        seen.append((time.perf_counter() - t0 - result.compute_s) * 1000)
+        await asyncio.sleep(0)
+    model.overhead.value = max(statistics.median(seen), model.overhead.floor)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic_core import from_json, to_json
 
 from service import budget, logs
 from service.engine import Engine
@@ -28,10 +28,10 @@ _FIELDS = frozenset(PredictRequest.model_fields)
 
 
 def _decode(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object with only known fields (PredictRequest documents them; parsing
-    by hand costs a fraction of a pydantic model on the path of every request)."""
+    """The body as a JSON object with only known fields (PredictRequest documents them; pydantic
+    _core's parser without a model costs a fraction of one on the path of every request)."""
     try:
-        doc = json.loads(body)
+        doc = from_json(body)
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5000-digit int, deep nesting
         raise BadRequest(f"invalid request: the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -101,7 +101,7 @@ async def predict(name: str, request: Request) -> Response:
             "request_id": logs.current.get(),
             "predictions": _predictions(model, inference.result.outputs["probabilities"], doc.get("top_k")),
         }
-        text = json.dumps(answer, separators=(",", ":"), allow_nan=False)
+        text = to_json(answer)
     return Response(text, media_type="application/json")
 
 
