@@ -225,6 +225,13 @@ def overload(r: dict[str, Any]) -> list[str]:
         ("effective acc", _field("adaptive", "effective_accuracy")),
         ("level mix", lambda _, v: ", ".join(f"{k} {s:.1%}" for k, s in v["adaptive"]["level_mix"].items())),
         ("p99 ms", _field("adaptive", "p99_ms")),
+        ("server met budget", _field("adaptive", "server_met_budget")),
+        (
+            "prediction error p50 / p99 ms",
+            lambda _, v: "{p50} / {p99}".format(
+                **v["adaptive"].get("prediction_error_ms", {"p50": None, "p99": None})
+            ),
+        ),
         ("full only: within budget", _field("full_only", "within_budget")),
         ("expected acc", _field("full_only", "expected_accuracy")),
         ("effective acc", _field("full_only", "effective_accuracy")),
@@ -245,7 +252,52 @@ def overload(r: dict[str, Any]) -> list[str]:
         *table(columns, _phases(o, "x")),
         "Within budget: answered no later than the budget after the request's scheduled send time. "
         "Expected accuracy: mean test accuracy of the levels that answered. Effective accuracy: expected "
-        "correct answers within the budget, per request sent.",
+        "correct answers within the budget, per request sent. Server met budget: fraction of answers "
+        "whose measured server time (`server_ms`, which `budget_met` reports) met the budget. "
+        "Prediction error: server_ms - predicted_ms.",
+        "",
+    ]
+
+
+def latency_floor(r: dict[str, Any]) -> list[str]:
+    f = r.get("latency_floor")
+    if not f:
+        return []
+    rows = []
+    for lv, by_c in f["cells"].items():
+        for c, cell in by_c.items():
+            rows.append((f"{lv}, c={c}", cell))
+    columns: list[Column] = [
+        ("level, concurrency", _key()),
+        (
+            "circuitserve p50 / p99 ms",
+            lambda _, v: f"{v['circuitserve']['p50_ms']:.3f} / {v['circuitserve']['p99_ms']:.3f}",
+        ),
+        (
+            "bare ASGI p50 / p99 ms",
+            lambda _, v: f"{v['bare_asgi']['p50_ms']:.3f} / {v['bare_asgi']['p99_ms']:.3f}",
+        ),
+        (
+            "raw onnxruntime p50 / p99 ms",
+            lambda _, v: f"{v['raw_onnxruntime']['p50_ms']:.3f} / {v['raw_onnxruntime']['p99_ms']:.3f}",
+        ),
+    ]
+    g, m = f["goals"], f["largest_request"]
+    return [
+        "## 5. Latency floor: one request at low load, per level",
+        "",
+        f"{f['rounds']} interleaved rounds. Bare ASGI: bench/bare_app.py under the same uvicorn (parse, run "
+        "the same session inline, encode). Raw onnxruntime: session.run in the bench's process on the "
+        "request's rows (at concurrency 8, a batch of 8).",
+        "",
+        *table(columns, rows),
+        f"p50 at c=1 against the bare app: {g['p50_vs_bare_at_c1']} (goal <= 1.3). The dial, "
+        f"p50(full) / p50(smallest) at c=1: circuitserve {g['dial_circuitserve']}, raw onnxruntime "
+        f"{g['dial_raw_onnxruntime']} ({g['dial_fraction_of_raw']} of it; goal >= 0.7).",
+        "",
+        f"Memory: the largest legal request ({m['rows']} rows, {m['body_mb']} MB of JSON) sent "
+        f"{m['repeats']} times: server RSS {m['rss_before_mb']} MB before, {m['rss_after_mb']} MB after "
+        "(deploy/README.md derives the pod's memory request and limit from this figure).",
         "",
     ]
 
@@ -303,7 +355,13 @@ def render(r: dict[str, Any], images: dict[str, str]) -> str:
         *targets(r),
         *headline(r),
     ]
-    sections = ((levels, "levels"), (overhead, "overhead"), (peers, "peers"), (overload, "overload"))
+    sections = (
+        (levels, "levels"),
+        (overhead, "overhead"),
+        (peers, "peers"),
+        (overload, "overload"),
+        (latency_floor, "latency_floor"),
+    )
     for render_section, key in sections:
         lines += render_section(r)
         if key in images:

@@ -9,6 +9,8 @@ Both also send `timeout_ms` = budget, so neither server runs work that can no lo
 the pinned one is the best a fixed-level server does, dropping what it cannot serve in time.
 A request is within budget when it is answered (200) no later than the budget after its *scheduled*
 send time. Expected accuracy: the mean of the test accuracy of the level that answered each request.
+From the answers themselves: the fraction whose measured server time (`server_ms`) met the budget,
+whether `budget_met` agreed with it, and the policy's prediction error (server_ms - predicted_ms).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ def outcome(
 ) -> dict[str, Any]:
     """What one open-loop phase comes to."""
     sent = len(run.records)
-    answered = [
-        (r, str(json.loads(r.body)["sparsity_level"])) for r in run.records if r.status == 200 and r.body
-    ]
+    bodies = [(r, json.loads(r.body)) for r in run.records if r.status == 200 and r.body]
+    answered = [(r, str(b["sparsity_level"])) for r, b in bodies]
+    server_ms = np.array([b["server_ms"] for _, b in bodies if "server_ms" in b])
+    errors = np.array([b["server_ms"] - b["predicted_ms"] for _, b in bodies if "server_ms" in b])
+    agree = [b.get("budget_met") == (b["server_ms"] <= budget_ms) for _, b in bodies if "server_ms" in b]
     in_time = [(r, lv) for r, lv in answered if r.latency_s * 1e3 <= budget_ms]
     levels = Counter(lv for _, lv in answered)
     failed = [r.status for r in run.records if r.status != 200]
@@ -60,6 +64,12 @@ def outcome(
         "failures": {s: round(n / sent, 4) for s, n in sorted(statuses.items())},
         "p50_ms": round(run.latency_ms(50), 3),
         "p99_ms": round(run.latency_ms(99), 3),
+        # the server's own view of its answers (fields of the answers)
+        "server_met_budget": round(float(np.mean(server_ms <= budget_ms)), 6) if len(server_ms) else None,
+        "budget_met_agrees": round(float(np.mean(agree)), 6) if agree else None,
+        "prediction_error_ms": {
+            f"p{q}": round(float(np.percentile(errors, q)), 3) if len(errors) else None for q in (1, 50, 99)
+        },
         "generator_max_lag_ms": round(run.max_lag_s * 1e3, 3),
         "generator_mean_lag_ms": round(run.mean_lag_s * 1e3, 3),
         "server_cores": round(run.extra.get("server_cores", math.nan), 2),

@@ -13,7 +13,7 @@ class ServerSettings:
     batch limit, batching delay and onnxruntime threads."""
 
     max_batch_size: int = 64
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = 0.0  # the default: batches form while one runs
     # One onnxruntime thread per session: measured best on this 2-core machine for the server (a
     # second intra-op thread spins between batches on the core that the HTTP side needs).
     intra_op_threads: int = 1

@@ -240,6 +240,30 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         _peers_target(r),
         _scale_out_target(r),
         _overload_target(r),
+        *_floor_targets(r),
+    ]
+
+
+def _floor_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    g = r.get("latency_floor", {}).get("goals")
+    if not g:
+        return []
+    return [
+        _target(
+            "latency floor: p50 at concurrency 1 against a bare ASGI app",
+            "<= 1.3x, full and the smallest level",
+            ", ".join(f"{lv} {v:.2f}x" for lv, v in g["p50_vs_bare_at_c1"].items()),
+            bool(g["within_1_3x_of_bare"]),
+            "the server's own per-request cost (routing guard, accounting, the hop to the inference "
+            "thread) still weighs on the smallest levels",
+        ),
+        _target(
+            "the dial at concurrency 1: p50(full) / p50(smallest level)",
+            ">= 70% of raw onnxruntime's ratio",
+            f"{g['dial_circuitserve']} against {g['dial_raw_onnxruntime']} ({g['dial_fraction_of_raw']:.0%})",
+            bool(g["dial_at_least_70_percent"]),
+            "a constant per-request cost compresses the ratio",
+        ),
     ]
 
 

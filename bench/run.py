@@ -1,8 +1,10 @@
 """`circuitserve bench`: every section in turn, then report.json, REPORT.md and the plots.
 
 Sections: levels (accuracy/latency trade-off), overhead (server vs raw onnxruntime), peers (LitServe,
-BentoML), overload (open loop at 1x/2x/4x capacity with a latency budget). Trained models and bundles
-are cached under bench/out/ (see bench/build.py); server logs go to bench/out/logs/.
+BentoML), overload (open loop at 1x/2x/4x capacity with a latency budget), latency floor (one
+request at low load per level, against a bare ASGI app and raw onnxruntime; largest-request memory).
+Trained models and bundles are cached under bench/out/ (see bench/build.py); server logs go to
+bench/out/logs/.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from bench import report
 from bench.build import BundleSpec, bundle
+from bench.latency_floor import run_latency_floor
 from bench.levels import run_levels
 from bench.overhead import run_overhead
 from bench.overload import run_overload
@@ -93,6 +96,9 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
         "peers", seconds, lambda: run_peers(plan, small, small_manifest, small_x, cache, logs)
     )
     overload = _timed("overload", seconds, lambda: run_overload(plan, large, large_manifest, large_x, logs))
+    floor = _timed(
+        "latency floor", seconds, lambda: run_latency_floor(plan, small, small_manifest, small_x, logs)
+    )
     return {
         "meta": report.meta(plan, started, load_before, seconds),
         "models": models,
@@ -101,6 +107,7 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
         "peers": peers,
         "scale_out": scale_out,
         "overload": overload,
+        "latency_floor": floor,
     }
 
 

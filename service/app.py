@@ -21,7 +21,7 @@ from service.docs import install_docs
 from service.engine import Engine
 from service.errors import install_handlers
 from service.guard import Guard
-from service.loader import StartupError, open_model, verify_bundles, warm_up
+from service.loader import StartupError, measure_overhead, open_model, verify_bundles, warm_up
 from service.openapi import install_openapi
 from service.protocol import guarded_protocol
 from service.routes import native, ops, v2
@@ -106,8 +106,9 @@ async def _load(
                 await lv.batcher.call(warm)  # on the thread its batches will run on
                 lv.batcher.start()
                 log.info(
-                    "%s level %s warm; profile correction x%.2f", model.name, lv.name, lv.correction.ratio
+                    "%s level %s warm: %.3f ms at batch 1", model.name, lv.name, lv.profile.predict_ms(1)
                 )
+            await measure_overhead(model)
             models[model.name] = model
         engine.models = models
         if engine.draining:  # told to stop while loading

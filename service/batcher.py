@@ -1,64 +1,51 @@
-"""A dynamic batcher for one level: requests queue, batches form, inference runs in a thread.
+"""Runs one level's batches: requests go into a BatchQueue; a batch runs whenever the level is free.
 
-- A batch starts when `max_batch_size` samples are waiting or the oldest has waited `max_delay_s`.
-- Lower priority numbers run first; FIFO within a priority.
-- A caller's multi-row request is never split; one bigger than `max_batch_size` runs alone.
+- A request that finds its level idle starts at once. Requests that arrive while a batch runs
+  queue; the next batch takes what is queued (up to `max_batch_size` rows) as soon as it ends.
+- With `max_delay_s` > 0 (opt-in) a partial batch on an idle level waits up to that long to fill.
+- Order (priorities, FIFO, chunking of large requests) is the queue's (service.batch_queue): a
+  request's rows run in chunks of at most `max_batch_size`, interleaved with other requests' rows,
+  and its answer is reassembled in order.
 - The queue is bounded in samples: a request that does not fit raises Unavailable (503).
-- A request whose deadline passes before its batch starts raises DeadlineExceeded (504), unexecuted;
-  one whose batch is running is awaited up to `max_overrun_s` more, then abandoned (504), so a stuck
-  session leaves no request hanging.
-- An error in a batch reaches every request of that batch.
+- A request whose deadline passes while rows of it are queued raises DeadlineExceeded (504) and its
+  queued rows never run; one whose rows are all running is awaited up to `max_overrun_s` more, then
+  abandoned (504), so a stuck session leaves no request hanging.
+- An error in a batch reaches every request with rows in it.
 - `close()` stops intake, lets the queue drain (up to a timeout), fails what is left, stops the thread.
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
+  The thread hands a finished batch back with one `call_soon_threadsafe`; the next batch is taken in
+  that same callback (no batching task to wake up in between).
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.batch_queue import BatchQueue, Part, Request
 from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, ServiceError, Unavailable
 
 Outputs = dict[str, np.ndarray]
 RunFn = Callable[[np.ndarray], Outputs]
 BatchObserver = Callable[[int, float], None]  # (batch samples, compute seconds)
-_TIMER_GRAIN_S = 0.001
+_TIMER_GRAIN_S = 0.001  # event-loop timers cannot wait less than this
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    outputs: Outputs  # this request's rows only
-    queue_s: float
-    compute_s: float
-    batch_size: int
-
-
-@dataclass(order=True)
-class _Pending:
-    priority: int
-    seq: int
-    rows: np.ndarray = field(compare=False)
-    deadline: float = field(compare=False)  # time.monotonic()
-    enqueued: float = field(compare=False)
-    start_by: float = field(compare=False)  # the batch must start by then, full or not
-    future: asyncio.Future[BatchResult] = field(compare=False)
-    started: bool = field(default=False, compare=False)
-    dropped: bool = field(default=False, compare=False)
-    timer: asyncio.TimerHandle | None = field(default=None, compare=False)
-
-    @property
-    def n(self) -> int:
-        return len(self.rows)
+    outputs: Outputs  # this request's rows only, in its order
+    queue_s: float  # arrival to its first batch's start
+    compute_s: float  # compute of the batches its rows ran in
+    batch_size: int  # the largest batch its rows ran in
 
 
 class _Worker:
@@ -105,27 +92,35 @@ class Batcher:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
-        self.max_queue_samples = max_queue_samples
         self._on_batch = on_batch
         self._retry_after = retry_after
         self.max_overrun_s = max_overrun_s  # how long a running request is awaited past its deadline
-        self._heap: list[_Pending] = []
-        self._seq = itertools.count()
-        self.queued_samples = 0
+        self._queue = BatchQueue(max_queue_samples)
         self.running_samples = 0
         self.running_since: float | None = None
-        self._wake = asyncio.Event()
+        self._running: list[Part] = []
+        self._fill_timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._stopped = False  # closed past its drain: late results are dropped
+        self._drained: asyncio.Event | None = None
         self._worker = _Worker(f"infer-{name}")
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def max_queue_samples(self) -> int:
+        return self._queue.max_samples
+
+    @property
+    def queued_samples(self) -> int:
+        return self._queue.samples
 
     @property
     def idle(self) -> bool:
-        return self.queued_samples == 0 and self.running_since is None
+        return not self._queue and self.running_since is None
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+        """Bind to the running event loop (batches are handed back to it)."""
+        self._loop = asyncio.get_running_loop()
 
     async def call(self, fn: Callable[[], object]) -> None:
         """Run `fn` on this level's inference thread (warm-up runs where batches will run)."""
@@ -134,168 +129,169 @@ class Batcher:
     async def submit(
         self, rows: np.ndarray, *, deadline: float, priority: int = 0, max_wait_s: float | None = None
     ) -> BatchResult:
-        """Queue `rows` (a caller's whole batch) and wait for its outputs. The batch it joins starts
-        within `max_wait_s` (at most the batcher's max delay) even if not full."""
+        """Queue `rows` (a caller's whole request) and wait for its outputs. On an idle level its
+        first batch starts within `max_wait_s` (at most the batcher's max delay), full or not."""
         if self._closing:
             raise Unavailable(f"{self.name}: shutting down, not accepting requests")
-        if len(rows) > self.max_queue_samples:
-            raise BadRequest(
-                f"{len(rows)} rows in one request exceed the queue limit of {self.max_queue_samples}"
-            )
-        if self.queued_samples + len(rows) > self.max_queue_samples:
+        n = len(rows)
+        if n > self._queue.max_samples:
+            raise BadRequest(f"{n} rows in one request exceed the queue limit of {self._queue.max_samples}")
+        if not self._queue.fits(n):
             raise Unavailable(
-                f"{self.name}: queue full ({self.queued_samples} samples waiting, limit "
-                f"{self.max_queue_samples})",
+                f"{self.name}: queue full ({self._queue.samples} samples waiting, limit "
+                f"{self._queue.max_samples})",
                 retry_after_s=self._retry_after(),
             )
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
         now = time.monotonic()
         wait = self.max_delay_s if max_wait_s is None else min(max_wait_s, self.max_delay_s)
-        loop = asyncio.get_running_loop()
-        item = _Pending(
-            priority, next(self._seq), rows, deadline, now, now + max(0.0, wait), loop.create_future()
-        )
-        heapq.heappush(self._heap, item)
-        self.queued_samples += item.n
-        self._wake.set()
+        request = Request(rows, priority, deadline, now, now + max(0.0, wait), loop.create_future())
+        self._queue.put(request)
         # one timer per request, not wait_for + shield: this is the hot path of every request
-        item.timer = loop.call_later(max(0.0, deadline - now), self._expire, item)
+        request.timer = loop.call_at(loop.time() + max(0.0, deadline - now), self._expire, request)
+        self._kick()
         try:
-            return await item.future
-        except asyncio.CancelledError:  # the caller went away: unqueue unless already running
-            self._drop(item)
+            return await request.future
+        except asyncio.CancelledError:  # the caller went away: its queued rows leave the queue
+            self._queue.remove(request)
             raise
         finally:
-            item.timer.cancel()
+            request.timer.cancel()
 
-    def _expire(self, item: _Pending) -> None:
-        """The request's deadline passed: unexecuted if still queued (504); if its batch is running,
-        its answer is moments away and is awaited `max_overrun_s` more (a stuck session: 504)."""
-        if item.future.done():
+    def _kick(self) -> None:
+        """Start the next batch if the level is free and a batch is due."""
+        if self.running_since is not None or self._stopped:
             return
-        if not item.started:
-            self._drop(item)
-            item.future.set_exception(
-                DeadlineExceeded(f"{self.name}: deadline passed while queued; not executed")
-            )
-        elif self.max_overrun_s is not None:
-            item.timer = asyncio.get_running_loop().call_later(self.max_overrun_s, self._abandon, item)
-
-    def _abandon(self, item: _Pending) -> None:
-        if not item.future.done():
-            item.future.set_exception(
-                DeadlineExceeded(
-                    f"{self.name}: still running {self.max_overrun_s:g} s past its deadline (a stuck "
-                    "session?); answer abandoned"
-                )
-            )
-
-    def _drop(self, item: _Pending) -> None:
-        if not item.dropped and not item.started:
-            item.dropped = True
-            self.queued_samples -= item.n
-
-    async def _loop(self) -> None:
-        while True:
-            while not self._heap:
-                if self._closing:
+        while self._queue:
+            now = time.monotonic()
+            if self.max_delay_s > 0 and not self._closing and self._queue.samples < self.max_batch_size:
+                start_by = self._queue.oldest_start_by()
+                if start_by is not None and start_by - now >= _TIMER_GRAIN_S:
+                    self._arm_fill_timer(start_by - now)
                     return
-                self._wake.clear()
-                await self._wake.wait()
-            await self._wait_for_batch()
-            batch = self._take_batch()
-            if batch:
-                await self._execute(batch)
-
-    async def _wait_for_batch(self) -> None:
-        while self.queued_samples < self.max_batch_size and not self._closing:
-            remaining = min((p.start_by for p in self._heap if not p.dropped), default=0.0) - time.monotonic()
-            if remaining < _TIMER_GRAIN_S:  # event-loop timers cannot wait less than this
+            parts, expired = self._queue.take(self.max_batch_size, now)
+            for request in expired:
+                _fail(request, DeadlineExceeded(f"{self.name}: deadline passed before running"))
+            if parts:
+                self._execute(parts, now)
                 return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                return
+        if self._closing and self._drained is not None:
+            self._drained.set()
 
-    def _take_batch(self) -> list[_Pending]:
-        batch: list[_Pending] = []
-        size = 0
-        now = time.monotonic()
-        while self._heap:
-            head = self._heap[0]
-            if head.dropped or head.future.done():
-                heapq.heappop(self._heap)
-                self._drop(head)
-                continue
-            if batch and size + head.n > self.max_batch_size:
-                break
-            heapq.heappop(self._heap)
-            self.queued_samples -= head.n
-            head.dropped = True  # out of the queue either way
-            if head.deadline <= now:
-                head.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed before running"))
-                continue
-            head.started = True
-            batch.append(head)
-            size += head.n
-        return batch
+    def _arm_fill_timer(self, delay_s: float) -> None:
+        if self._fill_timer is not None:
+            self._fill_timer.cancel()
+        assert self._loop is not None
+        self._fill_timer = self._loop.call_later(delay_s, self._fill_timer_fired)
 
-    async def _execute(self, batch: list[_Pending]) -> None:
-        rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-        start = time.monotonic()
-        self.running_samples, self.running_since = len(rows), start
-        outputs: Outputs = {}
-        error: BaseException | None = None
-        try:
-            outputs, compute = await asyncio.wrap_future(self._worker.submit(self._timed, rows))
-        except asyncio.CancelledError:  # closed past its drain timeout mid-batch
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(Unavailable(f"{self.name}: shut down while this request ran"))
-            raise
-        except ServiceError as exc:
-            error = exc
-        except Exception as exc:
-            error = InferenceFailed(f"{self.name}: inference failed: {type(exc).__name__}: {exc}")
-        if error is not None:
-            compute = time.monotonic() - start
-        self.running_samples, self.running_since = 0, None
-        if error is None and self._on_batch is not None:
-            self._on_batch(len(rows), compute)
-        offset = 0
-        for p in batch:
-            part = slice(offset, offset + p.n)
-            offset += p.n
-            if p.future.done():
-                continue
-            if error is not None:
-                p.future.set_exception(error)
-            else:
-                mine = {k: v[part] for k, v in outputs.items()}
-                p.future.set_result(BatchResult(mine, start - p.enqueued, compute, len(rows)))
+    def _fill_timer_fired(self) -> None:
+        self._fill_timer = None
+        self._kick()
+
+    def _execute(self, parts: list[Part], start: float) -> None:
+        batch = parts[0].rows if len(parts) == 1 else np.concatenate([p.rows for p in parts])
+        self._running, self.running_samples, self.running_since = parts, len(batch), start
+        for p in parts:
+            if p.request.first_start is None:
+                p.request.first_start = start
+        loop = self._loop
+        assert loop is not None
+
+        def back(future: Future[Any]) -> None:  # on the inference thread
+            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits any more
+                loop.call_soon_threadsafe(self._finished, parts, future, start)
+
+        self._worker.submit(self._timed, batch).add_done_callback(back)
+
+    def _finished(self, parts: list[Part], future: Future[Any], start: float) -> None:
+        if self._stopped or parts is not self._running:
+            return  # closed past its drain timeout; those requests got 503
+        self._running, self.running_samples, self.running_since = [], 0, None
+        error: BaseException | None = future.exception()
+        if error is None:
+            outputs, compute = future.result()
+            size, offset = sum(p.stop - p.start for p in parts), 0
+            if self._on_batch is not None:
+                self._on_batch(size, compute)
+            for p in parts:
+                rows = p.stop - p.start
+                _deliver(p, {k: v[offset : offset + rows] for k, v in outputs.items()}, compute, size)
+                offset += rows
+        else:
+            if not isinstance(error, ServiceError):
+                error = InferenceFailed(f"{self.name}: inference failed: {type(error).__name__}: {error}")
+            for p in parts:
+                self._queue.remove(p.request)
+                _fail(p.request, error)
+        self._kick()
 
     def _timed(self, rows: np.ndarray) -> tuple[Outputs, float]:
         t0 = time.perf_counter()
         outputs = self._run(rows)
         return outputs, time.perf_counter() - t0
 
+    def _expire(self, request: Request) -> None:
+        """The deadline passed: 504 if rows of it are still queued (those never run); if all its
+        rows are running, its answer is moments away and is awaited `max_overrun_s` more."""
+        if request.future.done():
+            return
+        if request.left:
+            self._queue.remove(request)
+            _fail(request, DeadlineExceeded(f"{self.name}: deadline passed while queued; not executed"))
+        elif self.max_overrun_s is not None:
+            assert self._loop is not None
+            request.timer = self._loop.call_later(self.max_overrun_s, self._abandon, request)
+
+    def _abandon(self, request: Request) -> None:
+        _fail(
+            request,
+            DeadlineExceeded(
+                f"{self.name}: still running {self.max_overrun_s:g} s past its deadline (a stuck "
+                "session?); answer abandoned"
+            ),
+        )
+
     def stop_intake(self) -> None:
         """Refuse new requests (503); what is queued runs without waiting for batches to fill."""
         self._closing = True
-        self._wake.set()
+        if self._fill_timer is not None:
+            self._fill_timer.cancel()
+            self._fill_timer = None
+        if self._loop is not None:
+            self._kick()
 
     async def close(self, timeout_s: float = 0.0) -> None:
         """Stop intake, let queued work finish for up to `timeout_s`, fail the rest (503)."""
+        self._drained = asyncio.Event()
         self.stop_intake()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-        for item in self._heap:
-            if not item.dropped and not item.future.done():
-                item.future.set_exception(Unavailable(f"{self.name}: shut down before this request ran"))
-        self._heap.clear()
-        self.queued_samples = 0
+        if self._queue or self.running_since is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout_s)
+        self._stopped = True
+        for p in self._running:
+            _fail(p.request, Unavailable(f"{self.name}: shut down while this request ran"))
+        for request in self._queue.drain():
+            _fail(request, Unavailable(f"{self.name}: shut down before this request ran"))
+        self._running, self.running_samples, self.running_since = [], 0, None
         self._worker.shutdown()
+
+
+def _deliver(part: Part, outputs: Outputs, compute_s: float, batch_size: int) -> None:
+    request = part.request
+    request.parts.append(outputs)
+    request.done_rows += part.stop - part.start
+    request.compute_s += compute_s
+    request.batch_size = max(request.batch_size, batch_size)
+    if request.done_rows < request.n or request.future.done():
+        return
+    pieces = request.parts
+    mine = pieces[0] if len(pieces) == 1 else {k: np.concatenate([o[k] for o in pieces]) for k in pieces[0]}
+    assert request.first_start is not None
+    queue_s = request.first_start - request.enqueued
+    request.future.set_result(BatchResult(mine, queue_s, request.compute_s, request.batch_size))
+
+
+def _fail(request: Request, error: BaseException) -> None:
+    if not request.future.done():
+        request.future.set_exception(error)

@@ -1,13 +1,14 @@
 """The inference path shared by both APIs: model lookup, budget -> level, batcher, metrics.
 
-Routes call `track()` around a whole request and `infer()` inside it; `track` records the outcome
-(from the exception type, see service.errors) in Prometheus and the recent-stats window.
+A route handles one request in one pass: decode (its protocol) -> budget (service.budget) ->
+`infer` (level choice, then the batcher) -> `answered` (what it cost, was the budget met) -> encode.
+`track()` around the whole of it records the outcome (from the exception type, see service.errors)
+in Prometheus and the recent-stats window.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -15,28 +16,12 @@ import numpy as np
 
 from service import policy
 from service.batcher import Batcher, BatchResult
-from service.errors import BadRequest, NotFound, Unavailable, outcome_of
+from service.budget import Budget
+from service.errors import NotFound, Unavailable, outcome_of
 from service.metrics import NO_LEVEL, UNKNOWN_MODEL, Metrics
 from service.models import ServedLevel, ServedModel
 from service.settings import Settings
 from service.stats import RecentStats
-
-MAX_PRIORITY = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class RequestBudget:
-    """What the caller asked for, as sent (validated by `Engine.infer`)."""
-
-    level: object = None  # name or keep fraction
-    latency_ms: float | None = None
-    min_accuracy: float | None = None
-    priority: int = 0  # lower runs first; 0 = the configured default
-    timeout_ms: float | None = None  # may only lower the server's default
-
-    @property
-    def given(self) -> bool:
-        return self.latency_ms is not None or self.min_accuracy is not None
 
 
 @dataclass
@@ -47,37 +32,41 @@ class Tracked:
     level: str = NO_LEVEL
     samples: int = 0
     queue_s: float | None = None
+    start: float = 0.0  # time.monotonic() at arrival
+    error_ms: float | None = None  # measured - predicted server time
+    budget_met: bool | None = None
 
 
 class Tracking:
     """The context manager `Engine.track` returns (a class: cheaper than @contextmanager on the
     path of every request)."""
 
-    __slots__ = ("engine", "rec", "start")
+    __slots__ = ("engine", "rec")
 
     def __init__(self, engine: Engine, rec: Tracked) -> None:
         self.engine, self.rec = engine, rec
 
     def __enter__(self) -> Tracked:
-        self.start = time.monotonic()
+        self.rec.start = time.monotonic()
         return self.rec
 
     def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        rec, elapsed = self.rec, time.monotonic() - self.start
+        rec, elapsed = self.rec, time.monotonic() - self.rec.start
         outcome = outcome_of(error)
         self.engine.metrics.observe_request(rec.model, rec.level, outcome, elapsed, rec.queue_s)
-        self.engine.stats.record(rec.model, rec.level, outcome, rec.samples, elapsed)
+        self.engine.stats.record(
+            rec.model, rec.level, outcome, rec.samples, elapsed, rec.error_ms, rec.budget_met
+        )
 
 
-@dataclass(frozen=True)
+@dataclass
 class Inference:
     level: ServedLevel
+    budget: Budget
     decision: policy.Decision
     result: BatchResult
-
-    @property
-    def budget_met(self) -> bool | None:
-        return self.decision.budget_met
+    server_ms: float = 0.0  # arrival to the answer being encoded, measured
+    budget_met: bool | None = None  # from server_ms (and the level's accuracy), not the prediction
 
 
 @dataclass
@@ -113,44 +102,61 @@ class Engine:
         self.metrics.observe_request(model, NO_LEVEL, outcome, 0.0)
         self.stats.record(model, NO_LEVEL, outcome, 0, 0.0)
 
-    async def infer(
-        self, model: ServedModel, x: np.ndarray, budget: RequestBudget, rec: Tracked
-    ) -> Inference:
-        rows = model.check_input(x)
+    async def infer(self, model: ServedModel, rows: np.ndarray, budget: Budget, rec: Tracked) -> Inference:
+        """Choose the level for `rows` (checked by the caller's decode) and run them there."""
         rec.samples = len(rows)
+        if budget.level is not None:
+            budget = budget.with_level(model.resolve_level(budget.level).name)
         decision = self.choose(model, budget, len(rows))
         level = model.level(decision.level)
         rec.level = level.name
         self.metrics.level_selections.labels(model.name, level.name, decision.policy).inc()
-        if decision.budget_met is False:
-            self.metrics.budget_misses.labels(model.name).inc()
-        deadline = time.monotonic() + self._timeout_ms(budget) / 1000
-        priority = budget.priority or self.settings.default_priority
+        timeout_ms = self.settings.request_timeout_ms
+        if budget.timeout_ms:
+            timeout_ms = min(budget.timeout_ms, timeout_ms)
         result = await level.batcher.submit(
-            rows, deadline=deadline, priority=priority, max_wait_s=decision.max_wait_ms / 1000
+            rows,
+            deadline=rec.start + timeout_ms / 1000,
+            priority=budget.priority or self.settings.default_priority,
+            max_wait_s=decision.max_wait_ms / 1000,
         )
         rec.queue_s = result.queue_s
-        return Inference(level, decision, result)
+        return Inference(level, budget, decision, result)
 
-    def choose(self, model: ServedModel, budget: RequestBudget, rows: int) -> policy.Decision:
-        _validate(budget)
-        explicit = model.resolve_level(budget.level).name if budget.level is not None else None
-        fixed = explicit or (None if budget.given else model.default_level)
+    def answered(self, model: ServedModel, inference: Inference, rec: Tracked) -> Inference:
+        """Just before encoding: the measured server time, whether it met the budget, and what the
+        prediction missed by (metrics, stats, and the online overhead estimate)."""
+        server_ms = (time.monotonic() - rec.start) * 1000
+        inference.server_ms = server_ms
+        result, budget = inference.result, inference.budget
+        model.overhead.observe(max(0.0, server_ms - (result.queue_s + result.compute_s) * 1000))
+        error_ms = server_ms - inference.decision.predicted_ms
+        rec.error_ms = error_ms
+        self.metrics.prediction_error.labels(model.name).observe(error_ms / 1000)
+        if budget.given:
+            floor, latency = budget.min_accuracy, budget.latency_ms
+            met = (floor is None or inference.level.level.accuracy >= floor) and (
+                latency is None or server_ms <= latency
+            )
+            inference.budget_met = rec.budget_met = met
+            if not met:
+                self.metrics.budget_misses.labels(model.name).inc()
+        return inference
+
+    def choose(self, model: ServedModel, budget: Budget, rows: int) -> policy.Decision:
+        """`budget.level`, if any, already resolved to a level name."""
+        fixed = budget.level if budget.level is not None else (None if budget.given else model.default_level)
         # a fixed level needs only its own state (for predicted_ms); only a budget compares levels
-        levels = model.levels if fixed is None else [model.level(fixed)]
+        levels = model.levels if fixed is None else [model.level(str(fixed))]
         return policy.choose(
             [lv.state() for lv in levels],
-            policy.Budget(explicit, budget.latency_ms, budget.min_accuracy),
+            budget,
             model.default_level,
             rows,
             self.settings.max_batch_size,
             self.settings.max_queue_delay_ms,
+            model.overhead.value,
         )
-
-    def _timeout_ms(self, budget: RequestBudget) -> float:
-        if budget.timeout_ms:
-            return min(budget.timeout_ms, self.settings.request_timeout_ms)
-        return self.settings.request_timeout_ms
 
     def queue_depth(self) -> dict[str, dict[str, int]]:
         return {m.name: {lv.name: lv.batcher.queued_samples for lv in m.levels} for m in self.models.values()}
@@ -184,16 +190,3 @@ class Engine:
 
     def _batchers(self) -> list[Batcher]:
         return [lv.batcher for m in self.models.values() for lv in m.levels]
-
-
-def _validate(b: RequestBudget) -> None:
-    if b.level is not None and b.given:
-        raise BadRequest("give either sparsity_level or a budget (latency_budget_ms, min_accuracy), not both")
-    if b.latency_ms is not None and not (math.isfinite(b.latency_ms) and 0 < b.latency_ms <= 3.6e6):
-        raise BadRequest(f"latency_budget_ms must be a number in (0, 3600000], got {b.latency_ms}")
-    if b.min_accuracy is not None and not (0 <= b.min_accuracy <= 1):
-        raise BadRequest(f"min_accuracy must be a number in [0, 1], got {b.min_accuracy}")
-    if not 0 <= b.priority <= MAX_PRIORITY:
-        raise BadRequest(f"priority must be an integer in [0, {MAX_PRIORITY}], got {b.priority}")
-    if b.timeout_ms is not None and not (math.isfinite(b.timeout_ms) and b.timeout_ms >= 0):
-        raise BadRequest(f"timeout must be a non-negative number, got {b.timeout_ms}")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import logging
+import math
+import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +18,13 @@ import onnxruntime as ort
 
 from export.manifest import Level, Manifest, load_bundle
 from service.batcher import Batcher
-from service.errors import BadRequest
+from service.errors import ServiceError
 from service.metrics import Metrics
 from service.models import ServedLevel, ServedModel, profile_of
-from service.policy import retry_after_s
-from service.runtime import CUDA, LevelRunner, SessionConfig, SessionFactory, create_session
+from service.policy import Correction, retry_after_s
+from service.runtime import CUDA, LevelRunner, Session, SessionConfig, SessionFactory, create_session
 from service.settings import Settings
+from service.v2_codec import encode_response, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +58,14 @@ def open_model(
     )
     levels = []
     for level in manifest.sorted_levels():
-        session = create_session(path / level.file, config, session_factory, _verified(path, level))
+        model_bytes = _verified(path, level)
+        session = create_session(path / level.file, config, session_factory, model_bytes)
         if config.provider == "auto":  # one probe decides the provider for the rest
             config = SessionConfig("cuda" if session.get_providers()[0] == CUDA else "cpu", *_threads(config))
+        if settings.intra_op_threads is None and config.provider == "cpu":
+            session = _fastest_threads(
+                path / level.file, model_bytes, session, config, manifest, settings, session_factory
+            )
         runner = LevelRunner(session, manifest.input.name, [o.name for o in manifest.outputs])
         log.info("%s level %s: %s on %s", manifest.name, level.name, level.file, runner.provider)
         levels.append(_served_level(manifest.name, level, runner, settings, metrics))
@@ -62,7 +73,7 @@ def open_model(
     if settings.default_level is not None:
         try:
             model.default_level = model.resolve_level(settings.default_level).name
-        except BadRequest as exc:
+        except ServiceError as exc:
             raise StartupError(f"default_level: {exc}") from None
     else:
         model.default_level = levels[0].name
@@ -82,6 +93,48 @@ def _verified(bundle: Path, level: Level) -> bytes:
 
 def _threads(config: SessionConfig) -> tuple[int, int]:
     return config.intra_op_threads, config.inter_op_threads
+
+
+def _fastest_threads(
+    file: Path,
+    model_bytes: bytes,
+    session: Session,
+    config: SessionConfig,
+    manifest: Manifest,
+    settings: Settings,
+    factory: SessionFactory,
+) -> Session:
+    """The session with the intra-op thread count that runs a max-size batch fastest here, of
+    1 .. the profiled count (capped at the CPUs); fewer threads unless more are 10% faster (a
+    second thread buys little on a small level, and the cores serve HTTP too)."""
+    most = min(config.intra_op_threads, os.cpu_count() or 1)
+    if most <= 1:
+        return session if config.intra_op_threads == 1 else _session(file, model_bytes, config, 1, factory)
+    x = np.random.default_rng(0).standard_normal((settings.max_batch_size, *manifest.input.shape[1:]))
+    feed = {manifest.input.name: x.astype(np.float32)}
+    best, best_ms = session, _median_ms(session, feed, settings.warmup_runs)
+    for threads in range(most - 1, 0, -1):
+        candidate = _session(file, model_bytes, config, threads, factory)
+        ms = _median_ms(candidate, feed, settings.warmup_runs)
+        if ms <= best_ms * 1.1:
+            best, best_ms = candidate, min(ms, best_ms)
+    return best
+
+
+def _session(
+    file: Path, model_bytes: bytes, config: SessionConfig, threads: int, factory: SessionFactory
+) -> Session:
+    return create_session(file, replace(config, intra_op_threads=threads), factory, model_bytes)
+
+
+def _median_ms(session: Session, feed: dict[str, np.ndarray], runs: int) -> float:
+    session.run(None, feed)  # the first run allocates
+    seen = []
+    for _ in range(max(3, runs)):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        seen.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(seen)
 
 
 def _served_level(
@@ -109,15 +162,42 @@ def _served_level(
 
 
 def warm_up(level: ServedLevel, shape: list[int], runs: int, max_batch_size: int) -> None:
-    """Run a level at its profiled batch sizes; seed its correction with the times seen (blocking)."""
+    """Measure the level on this machine (blocking; run it on the level's inference thread): its
+    latency profile at the profiled batch sizes (capped at `max_batch_size`, with 1 and the max)
+    replaces the export's, and the online correction starts from 1.0. Small batches run more
+    often (up to ~10 ms each size), so a noisy run cannot decide which level is fastest at idle."""
     rng = np.random.default_rng(0)
     sizes = sorted({min(b, max_batch_size) for b, _ in level.profile.latency_ms} | {1, max_batch_size})
+    points = []
     for b in sizes:
         x = rng.standard_normal((b, *shape)).astype(np.float32)
-        level.runner(x)  # the first run allocates; not timed
+        t0 = time.perf_counter()
+        level.runner(x)  # the first run allocates; it only sizes the repeats
+        first_ms = (time.perf_counter() - t0) * 1000
         seen = []
-        for _ in range(runs):
+        for _ in range(max(runs, min(30, math.ceil(10 / max(first_ms, 1e-3))))):
             t0 = time.perf_counter()
             level.runner(x)
             seen.append((time.perf_counter() - t0) * 1000)
-        level.correction.observe(level.profile.predict_ms(b), statistics.median(seen))
+        points.append((b, statistics.median(seen)))
+    level.profile = replace(level.profile, latency_ms=tuple(points))
+    level.correction = Correction()
+
+
+async def measure_overhead(model: ServedModel, runs: int = 20) -> None:
+    """Seed the model's overhead estimate (the server's own cost per request, ms): a 1-row v2 JSON
+    request decoded, run through the fastest level's batcher, and encoded, less its compute. What
+    HTTP adds is learnt online from real answers (Engine.answered)."""
+    level = min(model.levels, key=lambda lv: lv.profile.predict_ms(1))
+    shape = model.manifest.input.shape[1:]
+    tensor = {"name": model.manifest.input.name, "shape": [1, *shape], "datatype": "FP32"}
+    body = json.dumps({"inputs": [{**tensor, "data": [0.0] * math.prod(shape)}]}).encode()
+    seen = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        rows = model.check_input(parse_request(body, None).inputs[0].array)
+        result = await level.batcher.submit(rows, deadline=time.monotonic() + 5)
+        encode_response({"model_name": model.name}, [(n, a, False) for n, a in result.outputs.items()])
+        seen.append((time.perf_counter() - t0 - result.compute_s) * 1000)
+        await asyncio.sleep(0)
+    model.overhead.value = max(statistics.median(seen), model.overhead.floor)

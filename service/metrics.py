@@ -15,7 +15,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-OUTCOMES = ("success", "bad_request", "rejected", "timeout", "cancelled", "error")
+OUTCOMES = ("success", "bad_request", "rejected", "timeout", "error")
 POLICIES = ("explicit", "latency_budget", "min_accuracy", "default")
 NO_LEVEL = "none"  # level label of a request that failed before a level was chosen
 UNKNOWN_MODEL = "_unknown"  # model label of a request for a model that is not served
@@ -25,6 +25,10 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _COMPUTE_BUCKETS = (0.0001, 0.00025, *_LATENCY_BUCKETS)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_ERROR_BUCKETS = tuple(
+    ms / 1000
+    for ms in (-100, -50, -20, -10, -5, -2, -1, -0.5, -0.2, 0, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 500)
+)  # seconds
 
 
 class Metrics:
@@ -74,8 +78,16 @@ class Metrics:
         )
         self.budget_misses = Counter(
             "circuitserve_budget_misses",
-            "Requests whose latency budget or accuracy floor could not be met.",
+            "Answers with a budget that missed it: measured server time over the latency budget, "
+            "or no level as accurate as the floor.",
             ("model",),
+            registry=r,
+        )
+        self.prediction_error = Histogram(
+            "circuitserve_prediction_error_seconds",
+            "Measured minus predicted server time of an answer (positive: slower than predicted).",
+            ("model",),
+            buckets=_ERROR_BUCKETS,
             registry=r,
         )
         self.ready = Gauge("circuitserve_ready", "1 when the server accepts inference requests.", registry=r)
@@ -91,6 +103,7 @@ class Metrics:
         for policy in POLICIES:
             self.level_selections.labels(model, level, policy)
         self.budget_misses.labels(model)
+        self.prediction_error.labels(model)
 
     def observe_batch(self, model: str, level: str, samples: int, compute_s: float) -> None:
         self.batch_size.labels(model, level).observe(samples)

@@ -1,4 +1,5 @@
-"""A served model: its manifest, and per level the session runner, batcher and live profile."""
+"""A served model: its manifest, the server's own per-request cost, and per level the session
+runner, batcher and live profile (measured at warm-up, corrected online)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import numpy as np
 from export.manifest import Level, Manifest
 from model import levels
 from service.batcher import Batcher
-from service.errors import BadRequest
-from service.policy import Correction, LevelProfile, LevelState
+from service.errors import BadRequest, NotFound
+from service.policy import Correction, Estimate, LevelProfile, LevelState
 from service.runtime import LevelRunner
 
 # Input values must be below 2**100 in magnitude as float32 (larger ones drive float32 arithmetic
@@ -41,7 +42,7 @@ class ServedLevel:
         return self.level.name
 
     def observe_compute(self, samples: int, compute_s: float) -> None:
-        self.correction.observe(self.profile.predict_ms(samples), compute_s * 1000)
+        self.correction.observe_compute(self.profile.predict_ms(samples), compute_s * 1000)
 
     def state(self) -> LevelState:
         b = self.batcher
@@ -58,6 +59,8 @@ class ServedModel:
     path: Path
     levels: list[ServedLevel]  # most accurate (largest keep fraction) first
     default_level: str = "full"
+    # the server's own cost per request (ms): parse, hops, encode; prior from warm-up
+    overhead: Estimate = field(default_factory=lambda: Estimate(0.5, floor=0.01))
     _by_name: dict[str, ServedLevel] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,7 +74,8 @@ class ServedModel:
         return self._by_name[name]
 
     def resolve_level(self, spec: object) -> ServedLevel:
-        """A level by name ("full", "1/2") or keep fraction (0.5, "0.5"); BadRequest if none matches."""
+        """A level by name ("full", "1/2") or keep fraction (0.5, "0.5"); NotFound (404) if none
+        matches, as for an unknown model."""
         if isinstance(spec, str):
             for lv in self.levels:
                 if lv.name == spec:
@@ -82,7 +86,7 @@ class ServedModel:
                 if math.isclose(lv.level.keep_fraction, fraction, rel_tol=1e-6):
                     return lv
         known = ", ".join(f"{lv.name!r} ({lv.level.keep_fraction:g})" for lv in self.levels)
-        raise BadRequest(f"model {self.name!r} has no sparsity level {spec!r}; levels: {known}")
+        raise NotFound(f"model {self.name!r} has no sparsity level {spec!r}; levels: {known}")
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """The request's rows, or BadRequest saying what is wrong with them."""

@@ -21,7 +21,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.engine import MAX_PRIORITY, Engine
+from service.budget import MAX_PRIORITY
+from service.engine import Engine
 from service.models import INPUT_LIMIT, ServedModel
 from service.schemas import LEVEL_AND_BUDGET
 from service.v2_schemas import V2InferRequest, V2InferResponse

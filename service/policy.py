@@ -1,9 +1,16 @@
 """Which level runs a request: pure functions of profiles, online corrections and queue state.
 
-Predicted time of a request on a level = the running batch's remaining time + the work queued ahead
-of it and its own rows, cut into max-size batches, each timed by the manifest's latency profile
-(interpolated over batch size) times the level's correction (EWMA of observed / predicted compute),
-+ on an idle level, the wait for the batch to fill.
+Predicted server time of a request on a level, what the client sees less the network:
+
+    predicted = overhead + remaining + correction * sum(profile(b) for b in batches) + fill wait
+
+- overhead: the server's own per-request cost (parse, hops, encode), measured at warm-up and
+  corrected online (an `Estimate`);
+- remaining: the predicted time left on the batch running now;
+- batches: the rows queued ahead and the request's own, cut into max-size batches, each timed by
+  the level's latency profile (measured at warm-up, interpolated over batch size);
+- correction: an `Estimate` of observed / profiled compute (1.0 = the profile is right);
+- fill wait: only with a batching delay (opt-in), on an idle level, for a partial batch.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
+
+from service.budget import Budget
 
 PolicyName = Literal["explicit", "latency_budget", "min_accuracy", "default"]
 
@@ -38,22 +47,36 @@ class LevelProfile:
         return t1 + max(0.0, (t1 - t0) / (b1 - b0)) * (batch_size - b1)
 
 
-class Correction:
-    """EWMA of observed / predicted compute time for one level (1.0 = the profile is right)."""
+class Estimate:
+    """A positive quantity learnt online: a prior, then an EWMA in log space of the observations,
+    each clipped to within `clip`x of the current value. No single observation replaces it: one
+    outlier moves it by at most clip**alpha (about x1.15 with the defaults)."""
 
-    def __init__(self, alpha: float = 0.2, bounds: tuple[float, float] = (0.02, 50.0)) -> None:
+    def __init__(
+        self, prior: float = 1.0, *, alpha: float = 0.1, clip: float = 4.0, floor: float = 1e-6
+    ) -> None:
+        self.value = prior
         self.alpha = alpha
-        self.bounds = bounds
-        self.ratio = 1.0
+        self.clip = clip
+        self.floor = floor
         self.observations = 0
 
-    def observe(self, predicted_ms: float, observed_ms: float) -> None:
-        if predicted_ms <= 0:
-            return
-        ratio = min(max(observed_ms / predicted_ms, self.bounds[0]), self.bounds[1])
-        # the first observation replaces the prior outright; later ones are smoothed
-        self.ratio = ratio if self.observations == 0 else (1 - self.alpha) * self.ratio + self.alpha * ratio
+    def observe(self, value: float) -> None:
+        value = min(max(value, self.value / self.clip, self.floor), self.value * self.clip)
+        self.value = math.exp((1 - self.alpha) * math.log(self.value) + self.alpha * math.log(value))
         self.observations += 1
+
+
+class Correction(Estimate):
+    """Observed / profiled compute time of one level (1.0 = the profile is right)."""
+
+    @property
+    def ratio(self) -> float:
+        return self.value
+
+    def observe_compute(self, predicted_ms: float, observed_ms: float) -> None:
+        if predicted_ms > 0:
+            self.observe(observed_ms / predicted_ms)
 
 
 @dataclass(frozen=True)
@@ -64,25 +87,14 @@ class LevelState:
     correction: float = 1.0
     queued_samples: int = 0
     running_remaining_ms: float = 0.0  # predicted time left on the batch running now
-    idle: bool = True  # nothing queued or running: a lone request waits for its batch to fill
-
-
-@dataclass(frozen=True)
-class Budget:
-    level: str | None = None  # a level name, already resolved by the caller
-    latency_ms: float | None = None
-    min_accuracy: float | None = None
-
-    @property
-    def given(self) -> bool:
-        return self.latency_ms is not None or self.min_accuracy is not None
+    idle: bool = True  # nothing queued or running: with a batching delay, a partial batch waits
 
 
 @dataclass(frozen=True)
 class Decision:
     level: str
     policy: PolicyName
-    predicted_ms: float  # queue ahead + fill wait + compute
+    predicted_ms: float  # overhead + queue ahead + fill wait + compute
     budget_met: bool | None  # None when no latency budget or accuracy floor was given
     max_wait_ms: float  # the longest this request may wait for its batch to fill
 
@@ -98,7 +110,7 @@ def work_ms(state: LevelState, rows: int, max_batch_size: int) -> float:
 
 
 def fill_wait_ms(state: LevelState, rows: int, max_batch_size: int, max_delay_ms: float) -> float:
-    """On an idle level a lone request waits up to the batching delay for company."""
+    """With a batching delay, a partial batch on an idle level waits up to it for company."""
     return max_delay_ms if state.idle and rows < max_batch_size else 0.0
 
 
@@ -109,12 +121,12 @@ def choose(
     rows: int,
     max_batch_size: int,
     max_delay_ms: float,
+    overhead_ms: float = 0.0,
 ) -> Decision:
-    """The level to run. `levels` must be non-empty; names in budget/default must be among them.
-
-    A latency budget also caps how long the request may wait for its batch to fill (its slack)."""
+    """The level to run. `levels` must be non-empty; `budget.level` (a resolved name) and `default`
+    must be among them. A latency budget also caps the wait for a batch to fill (its slack)."""
     states = {s.profile.name: s for s in levels}
-    work = {n: work_ms(s, rows, max_batch_size) for n, s in states.items()}
+    work = {n: overhead_ms + work_ms(s, rows, max_batch_size) for n, s in states.items()}
 
     def decide(
         name: str, policy: PolicyName, met: bool | None, max_wait_ms: float = max_delay_ms
@@ -123,7 +135,7 @@ def choose(
         return Decision(name, policy, work[name] + wait, met, max_wait_ms)
 
     if budget.level is not None:
-        return decide(budget.level, "explicit", None)
+        return decide(str(budget.level), "explicit", None)
     if not budget.given:
         return decide(default, "default", None)
 

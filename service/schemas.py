@@ -79,9 +79,12 @@ class PredictResponse(BaseModel):
     expected_accuracy: float = Field(description="The level's accuracy measured at export.")
     policy: str = Field(description="explicit | latency_budget | min_accuracy | default")
     budget_met: bool | None = Field(
-        default=None, description="Whether the budget was met; absent without a budget."
+        default=None,
+        description="Whether server_ms met the latency budget (and the level the accuracy floor); "
+        "absent without a budget.",
     )
-    predicted_ms: float = Field(description="The policy's prediction of queue + compute time.")
+    predicted_ms: float = Field(description="The policy's prediction of server_ms.")
+    server_ms: float = Field(description="Measured time from the request's arrival to its answer.")
     queue_ms: float
     compute_ms: float
     batch_size: int = Field(description="Samples in the batch this request ran in.")

@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=64, ge=1, description="samples per batch, per level")
     max_queue_delay_ms: float = Field(
-        default=2.0, ge=0, le=10_000, description="longest wait to fill a batch"
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="longest wait to fill a partial batch on an idle level (opt-in)",
     )
     max_queue_size: int = Field(default=4096, ge=1, description="samples waiting per level before 503")
     request_timeout_ms: float = Field(

@@ -1,4 +1,5 @@
-"""Recent-traffic statistics for GET /v1/stats: throughput windows, latency percentiles, level mix."""
+"""Recent-traffic statistics for GET /v1/stats: throughput windows, latency percentiles, level mix,
+prediction error and the fraction of budgeted answers that met their budget."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class _Event:
     outcome: str
     samples: int
     latency_s: float
+    error_ms: float | None  # measured - predicted server time
+    budget_met: bool | None  # None: no budget given
 
 
 class RecentStats:
@@ -31,9 +34,18 @@ class RecentStats:
         self._events: deque[_Event] = deque(maxlen=max_events)
         self.started = time.monotonic()
 
-    def record(self, model: str, level: str, outcome: str, samples: int, latency_s: float) -> None:
+    def record(
+        self,
+        model: str,
+        level: str,
+        outcome: str,
+        samples: int,
+        latency_s: float,
+        error_ms: float | None = None,
+        budget_met: bool | None = None,
+    ) -> None:
         now = time.monotonic()
-        self._events.append(_Event(now, model, level, outcome, samples, latency_s))
+        self._events.append(_Event(now, model, level, outcome, samples, latency_s, error_ms, budget_met))
         self._prune(now)
 
     def _prune(self, now: float) -> None:
@@ -53,6 +65,8 @@ class RecentStats:
             ok = [e for e in events if e.outcome == "success"]
             span = max(min(w, uptime), 1e-9)
             latencies = np.array([e.latency_s * 1000 for e in ok])
+            errors = np.array([e.error_ms for e in ok if e.error_ms is not None])
+            budgeted = [e.budget_met for e in ok if e.budget_met is not None]
             windows[f"{w}s"] = {
                 "requests": len(events),
                 "requests_per_s": len(events) / span,
@@ -63,6 +77,10 @@ class RecentStats:
                     for q in (50, 95, 99)
                 },
                 "level_mix": _mix(ok),
+                "prediction_error_ms": {  # measured - predicted server time
+                    f"p{q}": (float(np.percentile(errors, q)) if len(errors) else None) for q in (1, 50, 99)
+                },
+                "budget_met_fraction": (sum(budgeted) / len(budgeted)) if budgeted else None,
             }
         return {"uptime_s": uptime, "windows": windows, "queue_depth": queue_depth}
 

@@ -20,7 +20,8 @@ async def engine(request: Request) -> Engine:
 
 
 def timing(inference: Inference) -> dict[str, object]:
-    """What every response says about the level that ran and the time spent."""
+    """What every response says about the level that ran and the time spent (`budget_met` from
+    the measured `server_ms`; call `Engine.answered` first)."""
     level, result = inference.level.level, inference.result
     info: dict[str, object] = {
         "sparsity_level": level.name,
@@ -28,6 +29,7 @@ def timing(inference: Inference) -> dict[str, object]:
         "expected_accuracy": level.accuracy,
         "policy": inference.decision.policy,
         "predicted_ms": round(inference.decision.predicted_ms, 4),
+        "server_ms": round(inference.server_ms, 4),
         "queue_ms": round(result.queue_s * 1000, 4),
         "compute_ms": round(result.compute_s * 1000, 4),
         "batch_size": result.batch_size,

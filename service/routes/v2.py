@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import __version__, logs
-from service.engine import Engine, RequestBudget
+from service import __version__, budget, logs
+from service.engine import Engine
 from service.errors import BadRequest, NotFound, error_docs
 from service.models import ServedModel
 from service.routes.deps import engine, engine_of, timing
@@ -105,37 +105,6 @@ async def model_ready(name: str, request: Request, eng: Engine = Depends(engine)
     return {"name": _model(eng, name, request).name, "ready": True}
 
 
-def _number(params: dict[str, Any], key: str) -> float | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"parameter {key!r} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except OverflowError:
-        raise BadRequest(f"parameter {key!r} is out of range") from None
-
-
-def budget_from(params: dict[str, Any]) -> RequestBudget:
-    priority = params.get("priority", 0)
-    if isinstance(priority, float) and priority.is_integer():  # 3.0 is an integer to JSON Schema
-        priority = int(priority)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise BadRequest(f"parameter 'priority' must be an integer, got {priority!r}")
-    timeout_us = _number(params, "timeout")
-    level = params.get("sparsity_level")
-    if level is not None and (isinstance(level, bool) or not isinstance(level, str | int | float)):
-        raise BadRequest(f"parameter 'sparsity_level' must be a level name or keep fraction, got {level!r}")
-    return RequestBudget(
-        level=level,
-        latency_ms=_number(params, "latency_budget_ms"),
-        min_accuracy=_number(params, "min_accuracy"),
-        priority=priority,
-        timeout_ms=None if timeout_us is None else timeout_us / 1000,
-    )
-
-
 @router.post(
     _MODEL + "/infer", openapi_extra=_INFER_DOC, responses=error_docs(400, 404, 408, 413, 429, 500, 503, 504)
 )
@@ -162,7 +131,9 @@ async def infer(name: str, request: Request) -> Response:
         unknown = sorted(set(wanted) - set(names))
         if unknown:
             raise BadRequest(f"model {name!r} has no outputs {unknown}; outputs: {names}")
-        inference = await eng.infer(model, req.inputs[0].array, budget_from(req.parameters), rec)
+        ask = budget.parse(req.parameters, timeout_key="timeout", timeout_per_ms=1000.0, where="parameter ")
+        rows = model.check_input(req.inputs[0].array)
+        inference = eng.answered(model, await eng.infer(model, rows, ask, rec), rec)
         params = {
             k: v for k, v in timing(inference).items() if not (isinstance(v, float) and not math.isfinite(v))
         }

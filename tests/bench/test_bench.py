@@ -282,7 +282,8 @@ def test_quick_report_files(quick_report: tuple[dict[str, Any], Path]) -> None:
     assert "## Targets" in md and "## Closing note" in md and "circuitserve bench --quick" in md
     assert report["meta"]["quick"] is True and report["meta"]["machine"]
     assert set(report) == {
-        *("meta", "models", "levels", "overhead", "peers", "scale_out", "overload", "noise", "targets")
+        *("meta", "models", "levels", "overhead", "peers", "scale_out", "overload", "latency_floor"),
+        *("noise", "targets"),
     }
 
 
@@ -344,12 +345,27 @@ def test_quick_report_overload(quick_report: tuple[dict[str, Any], Path]) -> Non
             assert phase["expected_accuracy"] is None or _fraction(phase["expected_accuracy"])
             assert sum(phase["level_mix"].values()) == pytest.approx(1, abs=0.01) or not phase["level_mix"]
         assert set(overload[factor]["full_only"]["level_mix"]) <= {"full"}
+        adaptive = overload[factor]["adaptive"]
+        assert adaptive["budget_met_agrees"] in (None, 1.0)  # budget_met is the measured server time
+        assert adaptive["server_met_budget"] is None or _fraction(adaptive["server_met_budget"])
+
+
+def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -> None:
+    floor = quick_report[0]["latency_floor"]
+    for level in floor["levels"]:
+        for c in ("1", "8"):
+            cell = floor["cells"][level][c]
+            for who in ("circuitserve", "bare_asgi", "raw_onnxruntime"):
+                assert cell[who]["p50_ms"] > 0 and cell[who]["p99_ms"] >= cell[who]["p50_ms"]
+    assert floor["largest_request"]["statuses"] == [200]
+    assert floor["largest_request"]["rss_after_mb"] > 0
+    assert set(floor["goals"]) >= {"p50_vs_bare_at_c1", "dial_fraction_of_raw"}
 
 
 @pytest.mark.slow
 def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None:
     targets = quick_report[0]["targets"]
-    assert len(targets) == 5  # overhead x2, peers, peers at scale-out, overload
+    assert len(targets) == 7  # overhead x2, peers, peers at scale-out, overload, latency floor x2
     for t in targets:
         assert t["goal"] and t["measured"]
         # judged exactly when measured: None only beside "not measured", a bool otherwise

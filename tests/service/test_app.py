@@ -86,7 +86,7 @@ def test_accuracy_floor(client: TestClient, manifest: Manifest) -> None:
         ({"inputs": [[1.0], [1.0, 2.0]]}, 400, "inputs"),
         ({"inputs": []}, 400, "inputs"),
         ({"inputs": "x"}, 400, "inputs"),
-        ({"sparsity_level": "1/3"}, 400, "no sparsity level"),
+        ({"sparsity_level": "1/3"}, 404, "no sparsity level"),
         ({"min_accuracy": 2}, 400, "min_accuracy"),
         ({"latency_budget_ms": -1}, 400, "latency_budget_ms"),
         ({"sparsity_level": "full", "latency_budget_ms": 5}, 400, "either"),

@@ -1,4 +1,5 @@
-"""The dynamic batcher: batching, priorities, whole caller batches, queue bound, deadlines, errors, close."""
+"""The dynamic batcher: idle start, batching during runs, chunking, priorities, queue bound, deadlines,
+errors, close. Timing is controlled with the model's gate (a batch runs until the test opens it)."""
 
 from __future__ import annotations
 
@@ -71,39 +72,93 @@ def queued(b: Batcher, samples: int) -> Callable[[], bool]:
     return lambda: b.queued_samples == samples
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_rows() -> None:
+def test_a_lone_request_on_an_idle_level_starts_at_once() -> None:
     async def test(b: Batcher, model: Model) -> None:
-        results = await asyncio.gather(*(b.submit(rows(1, i), deadline=soon()) for i in range(6)))
-        assert len(model.batches) == 1 and len(model.batches[0]) == 6
-        for i, r in enumerate(results):
+        model.gate.clear()
+        task = asyncio.create_task(b.submit(rows(1), deadline=soon()))
+        await asyncio.sleep(0)  # one step of the loop: submit ran, no timer could have fired
+        assert b.running_since is not None and b.running_samples == 1 and b.queued_samples == 0
+        model.gate.set()
+        assert (await task).batch_size == 1
+
+    run(test, max_delay_s=0.0)
+
+
+def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()
+        first = asyncio.create_task(b.submit(rows(1, -1), deadline=soon()))
+        await asyncio.sleep(0)
+        assert b.running_samples == 1
+        later = [asyncio.create_task(b.submit(rows(1, i), deadline=soon())) for i in range(6)]
+        await until(queued(b, 6))
+        model.gate.set()
+        results = await asyncio.gather(first, *later)
+        assert [len(x) for x in model.batches] == [1, 6]
+        for i, r in enumerate(results[1:]):
             assert isinstance(r, BatchResult) and r.batch_size == 6
             np.testing.assert_array_equal(r.outputs["y"], rows(1, 2 * i))
             assert r.queue_s >= 0 and r.compute_s >= 0
 
-    run(test)
+    run(test, max_delay_s=0.0)
+
+
+def test_with_a_queue_delay_a_partial_batch_waits_to_fill() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        first = asyncio.create_task(b.submit(rows(1, 1), deadline=soon()))
+        await asyncio.sleep(0)
+        assert b.running_since is None and b.queued_samples == 1  # waiting for company
+        second = asyncio.create_task(b.submit(rows(2, 2), deadline=soon()))
+        await asyncio.gather(first, second)
+        assert [len(x) for x in model.batches] == [3]
+
+    run(test, max_delay_s=0.2)
 
 
 def test_a_full_batch_starts_without_waiting_for_the_delay() -> None:
     async def test(b: Batcher, model: Model) -> None:
-        t0 = time.monotonic()
-        await asyncio.gather(*(b.submit(rows(2), deadline=soon()) for _ in range(4)))
-        assert time.monotonic() - t0 < 0.5 and [len(x) for x in model.batches] == [8]
+        tasks = [asyncio.create_task(b.submit(rows(2), deadline=soon())) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert b.running_samples == 8
+        await asyncio.gather(*tasks)
+        assert [len(x) for x in model.batches] == [8]
 
-    run(test, max_delay_s=1.0)
+    run(test, max_delay_s=10.0)
 
 
-def test_a_callers_batch_is_never_split_and_oversized_ones_run_alone() -> None:
+def test_large_requests_run_in_chunks_interleaved_and_come_back_in_order() -> None:
     async def test(b: Batcher, model: Model) -> None:
         model.gate.clear()  # hold the first batch so the rest queue up together
         first = asyncio.create_task(b.submit(rows(1), deadline=soon()))
         await until(running(b))
-        tasks = [asyncio.create_task(b.submit(rows(n), deadline=soon())) for n in (5, 5, 12)]
+        big = np.arange(12 * 2, dtype=np.float32).reshape(12, 2)
+        tasks = [asyncio.create_task(b.submit(x, deadline=soon())) for x in (rows(5, 3), rows(5, 4), big)]
         await until(queued(b, 22))
         model.gate.set()
-        await asyncio.gather(first, *tasks)
-        assert [len(x) for x in model.batches] == [1, 5, 5, 12]
+        results = await asyncio.gather(first, *tasks)
+        assert [len(x) for x in model.batches] == [1, 8, 8, 6]  # never more than max_batch_size
+        np.testing.assert_array_equal(results[1].outputs["y"], rows(5, 6))
+        np.testing.assert_array_equal(results[2].outputs["y"], rows(5, 8))
+        np.testing.assert_array_equal(results[3].outputs["y"], big * 2)  # reassembled in order
+        assert results[3].batch_size == 8
 
-    run(test)
+    run(test, max_delay_s=0.0)
+
+
+def test_a_small_request_behind_a_max_size_one_waits_at_most_two_batches() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()
+        big = asyncio.create_task(b.submit(rows(64, 1), deadline=soon()))  # the queue's limit
+        await until(running(b))  # its first chunk runs
+        small = asyncio.create_task(b.submit(rows(1, 7), deadline=soon()))
+        await until(queued(b, 64 - 8 + 1))
+        model.gate.set()
+        await asyncio.gather(big, small)
+        ran_in = next(i for i, x in enumerate(model.batches) if 7 in x)
+        assert ran_in <= 2, [len(x) for x in model.batches]  # behind the running chunk and one more
+        assert all(len(x) <= 8 for x in model.batches)
+
+    run(test, max_delay_s=0.0)
 
 
 def test_lower_priority_numbers_run_first() -> None:

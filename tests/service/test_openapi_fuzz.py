@@ -15,11 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from pydantic import ValidationError
 from service_helpers import live_server, make_settings
-
-from service.schemas import PredictRequest
 
 EXAMPLES = 30  # per operation and phase
 CONFIG = """
@@ -28,22 +24,6 @@ expected-statuses = ["2xx", "3xx", "4xx", "503", "504"]
 """
 
 
-def _native_numbers_are_lax() -> bool:
-    """Whether the native API still takes "7" or true for a number (issue 13, item 6)."""
-    for body in ('{"inputs": [["7"]]}', '{"inputs": [[1.0]], "timeout_ms": true}'):
-        try:
-            PredictRequest.model_validate_json(body)
-            return True
-        except ValidationError:
-            pass
-    return False
-
-
-@pytest.mark.xfail(
-    _native_numbers_are_lax(),
-    reason="schemathesis finds native strings/booleans accepted as numbers until they are strict",
-    strict=True,
-)
 def test_schemathesis_finds_nothing_with_all_checks(bundle_path: Path, tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)

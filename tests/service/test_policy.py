@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from service.budget import Budget
 from service.policy import (
-    Budget,
     Correction,
+    Estimate,
     LevelProfile,
     LevelState,
     choose,
@@ -78,14 +79,34 @@ def test_queue_ahead_counts_against_the_budget() -> None:
 
 def test_online_correction_scales_the_profile() -> None:
     slow_full = states(full=LevelState(FULL, correction=3.0))
-    assert pick(Budget(latency_ms=5.0), slow_full).level == "1/2"
-    c = Correction(alpha=0.5)
-    c.observe(predicted_ms=2.0, observed_ms=6.0)
-    assert c.ratio == 3.0  # the first observation replaces the prior
-    c.observe(predicted_ms=2.0, observed_ms=2.0)
-    assert c.ratio == 2.0
-    c.observe(predicted_ms=1.0, observed_ms=1e9)
-    assert c.ratio <= (1 - 0.5) * 2.0 + 0.5 * c.bounds[1]  # outliers are clamped
+    assert pick(Budget(latency_ms=5.0), slow_full).level == "1/2"  # full: 2 ms x3 = 6 ms > 5
+    assert pick(Budget(latency_ms=7.0), slow_full).level == "full"
+
+
+def test_no_single_observation_replaces_the_estimate() -> None:
+    c = Correction()
+    c.observe_compute(predicted_ms=2.0, observed_ms=2000.0)  # x1000 once: a hiccup
+    assert 1.0 < c.ratio <= c.clip**c.alpha + 1e-9
+    for _ in range(60):  # a lasting change is followed
+        c.observe_compute(predicted_ms=2.0, observed_ms=6.0)
+    assert c.ratio == pytest.approx(3.0, rel=0.05)
+    e = Estimate(0.5)
+    e.observe(0.0)  # never reaches zero or goes negative
+    assert 0 < e.value < 0.5
+
+
+def test_the_fastest_level_at_idle_stays_fastest_after_a_noisy_first_observation() -> None:
+    corrections = {"full": Correction(), "1/2": Correction(), "1/4": Correction()}
+    corrections["1/4"].observe_compute(predicted_ms=0.5, observed_ms=0.5 * 4.19)  # the x4.19
+    corrections["1/2"].observe_compute(predicted_ms=1.0, observed_ms=1.0 * 1.84)
+    levels = [LevelState(p, correction=corrections[p.name].ratio) for p in (FULL, HALF, QUARTER)]
+    assert pick(Budget(min_accuracy=0.0), levels).level == "1/4"
+
+
+def test_the_servers_own_cost_is_part_of_the_prediction() -> None:
+    d = choose(states(), Budget(latency_ms=2.2), "full", 1, B, 0.0, overhead_ms=1.0)
+    assert d.level == "1/2" and d.predicted_ms == pytest.approx(2.0)  # full: 2 + 1 > 2.2
+    assert choose(states(), Budget(), "full", 1, B, 0.0, 1.0).predicted_ms == pytest.approx(3.0)
 
 
 def test_accuracy_floor_picks_the_fastest_level_that_meets_it() -> None:

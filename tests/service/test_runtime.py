@@ -111,3 +111,43 @@ def test_runner_checks_the_graph_and_wraps_errors(bundle_path: Path, manifest: M
     np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(InferenceFailed):
         runner(np.zeros((2, 3), np.float32))
+
+
+class SlowWithThreads:
+    """A real session; runs with `slow_threads` intra-op threads take 5 ms longer (made slow)."""
+
+    slow_threads = 2
+
+    def __init__(self, source: Any, options: ort.SessionOptions, providers: list[str]) -> None:
+        self.inner = ort.InferenceSession(source, options, providers=providers)
+        self.threads = options.intra_op_num_threads
+
+    def run(self, names: Any, feed: Any, *args: Any) -> Any:
+        if self.threads == self.slow_threads:
+            import time
+
+            time.sleep(0.005)
+        return self.inner.run(names, feed, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("slow, chosen", [(2, 1), (1, 2)])
+def test_each_level_gets_the_thread_count_that_runs_fastest_here(
+    bundle_path: Path, manifest: Manifest, slow: int, chosen: int
+) -> None:
+    import os
+
+    from service.loader import open_model
+    from service.metrics import Metrics
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: one thread is the only choice")
+    two_threads = manifest.model_copy(
+        update={"profile": manifest.profile.model_copy(update={"intra_op_threads": 2})}
+    )
+    SlowWithThreads.slow_threads = slow
+    settings = make_settings(bundle_path, intra_op_threads=None)
+    model = open_model(bundle_path, two_threads, settings, Metrics(), SlowWithThreads)
+    assert {lv.runner.session.threads for lv in model.levels} == {chosen}  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ def test_defaults_match_the_contract() -> None:
         8000,
         None,
         64,
-        2.0,
+        0.0,
     )
     assert (s.provider, s.drain_timeout_s, s.auth_token, s.bundles) == ("auto", 20.0, None, [])
 

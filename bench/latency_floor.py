@@ -1,0 +1,168 @@
+"""Latency floor: what one request costs at low load, per level, against what it could cost.
+
+At concurrency 1 and 8, for each level: circuitserve (the level named in the request), a bare ASGI
+app under the same uvicorn (bench.bare_app: parse, run the same session inline, encode) and raw
+onnxruntime in the bench's process (one session.run of the request's rows; at concurrency 8, of a
+batch of 8, the least a server could do for 8 waiting requests). Rounds interleave the three (this
+machine's speed drifts), and the rounds are pooled. The dial: p50(full) / p50(smallest level) at
+concurrency 1, circuitserve's against raw onnxruntime's.
+
+The section also records circuitserve's resident memory after the largest legal request
+(max_queue_size rows) ran several times: the figure deploy/k8s's memory request and limit come from.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import load
+from bench.measure import circuitserve_api, closed, our_server, summary
+from bench.plan import SERVER, Plan
+from bench.servers import Server, free_port, process
+from export.manifest import Manifest
+from service.runtime import SessionConfig, create_session
+from service.settings import Settings
+
+CONCURRENCIES = (1, 8)
+LARGEST_REPEATS = 5
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _raw(bundle: Path, manifest: Manifest, level: str, rows: np.ndarray, seconds: float) -> dict[str, float]:
+    file = next(lv.file for lv in manifest.levels if lv.name == level)
+    session = create_session(bundle / file, SessionConfig("cpu", SERVER.intra_op_threads, 1))
+    feed = {manifest.input.name: rows}
+    session.run(None, feed)
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1e3
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+    }
+
+
+def _bare(bundle: Path, log_dir: Path) -> Any:
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.bare_app:app", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    env = {"BARE_BUNDLE": str(bundle), "BARE_THREADS": str(SERVER.intra_op_threads)}
+    return process("bare-asgi", cmd, port=port, health_path="/health", log_dir=log_dir, env=env)
+
+
+def _pooled(runs: list[load.Run]) -> dict[str, float]:
+    records = [r for run in runs for r in run.records]
+    return summary(load.Run(records, sum(run.window_s for run in runs)))
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).memory_info().rss / 2**20)
+    except Exception:
+        return None
+
+
+def _largest_request_memory(server: Server, manifest: Manifest, example: np.ndarray) -> dict[str, Any]:
+    """RSS before and after the largest legal native request (max_queue_size rows) ran a few times."""
+    rows = Settings.model_fields["max_queue_size"].default
+    body = json.dumps({"inputs": [example.tolist()] * rows}).encode()
+    url = server.base_url + f"/v1/models/{manifest.name}/predict"
+    before, statuses, seconds = _rss_mb(server.pid), set(), []
+    for _ in range(LARGEST_REPEATS):
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                answer.read()
+                statuses.add(answer.status)
+        except urllib.error.HTTPError as exc:
+            statuses.add(exc.code)
+        seconds.append(time.perf_counter() - t0)
+    after = _rss_mb(server.pid)
+    return {
+        "rows": rows,
+        "body_mb": round(len(body) / 2**20, 2),
+        "repeats": LARGEST_REPEATS,
+        "statuses": sorted(statuses),
+        "seconds_each": round(float(np.median(seconds)), 3),
+        "rss_before_mb": None if before is None else round(before, 1),
+        "rss_after_mb": None if after is None else round(after, 1),
+    }
+
+
+def run_latency_floor(
+    plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, log_dir: Path
+) -> dict[str, Any]:
+    levels = [lv.name for lv in manifest.sorted_levels()]
+    rounds = 1 if plan.quick else 3
+    seconds = plan.load_s / 2
+    cells: dict[str, dict[str, dict[str, list[Any]]]] = {
+        lv: {str(c): {"circuitserve": [], "bare_asgi": [], "raw": []} for c in CONCURRENCIES} for lv in levels
+    }
+    one = examples[:1]
+    with our_server(bundle, log_dir) as ours, _bare(bundle, log_dir) as bare:
+        for r in range(rounds):
+            _log(f"latency floor: round {r + 1}/{rounds}")
+            for c in CONCURRENCIES:
+                for lv in levels:
+                    api = circuitserve_api(manifest.name, sparsity_level=lv)
+                    cell = cells[lv][str(c)]
+                    cell["circuitserve"].append(closed(ours, api.target(ours, examples), c, _short(plan)))
+                    bodies = [json.dumps({"inputs": [x.tolist()]}).encode() for x in examples]
+                    path = f"{bare.base_url}/predict/{lv.replace('/', '_')}"
+                    cell["bare_asgi"].append(closed(bare, load.Target(path, bodies), c, _short(plan)))
+                    rows = np.repeat(one, c, axis=0).astype(np.float32)
+                    cell["raw"].append(_raw(bundle, manifest, lv, rows, seconds))
+        memory = _largest_request_memory(ours, manifest, examples[0])
+    out: dict[str, Any] = {"levels": levels, "rounds": rounds, "cells": {}, "largest_request": memory}
+    for lv in levels:
+        out["cells"][lv] = {}
+        for c in CONCURRENCIES:
+            cell = cells[lv][str(c)]
+            raw = cell["raw"]
+            out["cells"][lv][str(c)] = {
+                "circuitserve": _pooled(cell["circuitserve"]),
+                "bare_asgi": _pooled(cell["bare_asgi"]),
+                "raw_onnxruntime": {k: round(float(np.median([x[k] for x in raw])), 4) for k in raw[0]},
+            }
+    out["goals"] = _goals(out, levels)
+    return out
+
+
+def _short(plan: Plan) -> Plan:
+    return replace(plan, load_s=plan.load_s / 2, warmup_s=min(plan.warmup_s, 0.3))
+
+
+def _goals(out: dict[str, Any], levels: list[str]) -> dict[str, Any]:
+    """Issue 12's numbers: p50 at c=1 within 1.3x the bare app's (full and the smallest level),
+    and the dial at c=1 at least 70% of raw onnxruntime's."""
+    full, small = levels[0], levels[-1]
+    c1 = {lv: out["cells"][lv]["1"] for lv in (full, small)}
+    vs_bare = {lv: c1[lv]["circuitserve"]["p50_ms"] / c1[lv]["bare_asgi"]["p50_ms"] for lv in c1}
+    dial_ours = c1[full]["circuitserve"]["p50_ms"] / c1[small]["circuitserve"]["p50_ms"]
+    dial_raw = c1[full]["raw_onnxruntime"]["p50_ms"] / c1[small]["raw_onnxruntime"]["p50_ms"]
+    return {
+        "p50_vs_bare_at_c1": {lv: round(v, 3) for lv, v in vs_bare.items()},
+        "within_1_3x_of_bare": all(v <= 1.3 for v in vs_bare.values()),
+        "dial_circuitserve": round(dial_ours, 3),
+        "dial_raw_onnxruntime": round(dial_raw, 3),
+        "dial_fraction_of_raw": round(dial_ours / dial_raw, 3) if dial_raw > 0 else None,
+        "dial_at_least_70_percent": dial_raw > 0 and dial_ours / dial_raw >= 0.7,
+    }
