@@ -132,7 +132,7 @@ class Engine:
         model.overhead.observe(max(0.0, server_ms - (result.queue_s + result.compute_s) * 1000))
         error_ms = server_ms - inference.decision.predicted_ms
         rec.error_ms = error_ms
-        self.metrics.prediction_error.labels(model.name).observe(error_ms)
+        self.metrics.prediction_error.labels(model.name).observe(error_ms / 1000)
         if budget.given:
             floor, latency = budget.min_accuracy, budget.latency_ms
             met = (floor is None or inference.level.level.accuracy >= floor) and (

@@ -25,10 +25,10 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _COMPUTE_BUCKETS = (0.0001, 0.00025, *_LATENCY_BUCKETS)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_ERROR_BUCKETS = (
-    -100.0, -50.0, -20.0, -10.0, -5.0, -2.0, -1.0, -0.5, -0.2, 0.0,
-    0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0,
-)  # fmt: skip
+_ERROR_BUCKETS = tuple(
+    ms / 1000
+    for ms in (-100, -50, -20, -10, -5, -2, -1, -0.5, -0.2, 0, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 500)
+)  # seconds
 
 
 class Metrics:
@@ -84,8 +84,8 @@ class Metrics:
             registry=r,
         )
         self.prediction_error = Histogram(
-            "circuitserve_prediction_error_ms",
-            "Measured minus predicted server time of an answer, in ms (positive: slower than predicted).",
+            "circuitserve_prediction_error_seconds",
+            "Measured minus predicted server time of an answer (positive: slower than predicted).",
             ("model",),
             buckets=_ERROR_BUCKETS,
             registry=r,

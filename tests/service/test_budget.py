@@ -60,11 +60,11 @@ def test_an_accuracy_floor_no_level_meets_is_reported_missed(client: TestClient,
 
 
 def test_prediction_error_is_exported_and_shown_in_stats(client: TestClient, manifest: Manifest) -> None:
-    before = metric(client, "circuitserve_prediction_error_ms_count", model=manifest.name)
+    before = metric(client, "circuitserve_prediction_error_seconds_count", model=manifest.name)
     body = {"inputs": [v2_tensor(manifest, sample_inputs(manifest, 2))], "parameters": {"min_accuracy": 0.0}}
     assert client.post(f"/v2/models/{manifest.name}/infer", json=body).status_code == 200
     predict(client, manifest, latency_budget_ms=5000.0)
-    assert metric(client, "circuitserve_prediction_error_ms_count", model=manifest.name) == before + 2
+    assert metric(client, "circuitserve_prediction_error_seconds_count", model=manifest.name) == before + 2
     window = client.get("/v1/stats").json()["windows"]["60s"]
     assert window["prediction_error_ms"]["p50"] is not None
     assert 0.0 <= window["budget_met_fraction"] <= 1.0
