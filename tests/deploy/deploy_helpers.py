@@ -28,6 +28,7 @@ EXPORTED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "circuitserve_inferred_samples_total": ("counter", ("model", "level")),
     "circuitserve_level_selections_total": ("counter", ("model", "level", "policy")),
     "circuitserve_budget_misses_total": ("counter", ("model",)),
+    "circuitserve_prediction_error_seconds": ("histogram", ("model",)),
     "circuitserve_ready": ("gauge", ()),
 }
 
