@@ -21,7 +21,6 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.budget import MAX_PRIORITY
 from service.engine import Engine
 from service.models import INPUT_LIMIT, ServedModel
 from service.schemas import LEVEL_AND_BUDGET
@@ -76,7 +75,6 @@ def narrow(schema: Schema, models: list[ServedModel]) -> Schema:
         "anyOf": [{"type": "array", "items": row, "minItems": 1} for m in models for row in _rows(m)],
     }
     props["sparsity_level"] = _level(models)
-    props["priority"]["maximum"] = MAX_PRIORITY
     props["latency_budget_ms"] = _budget_ms()
     components = schema["components"]["schemas"]
     components["V2InputTensor"] = {"anyOf": [_v2_tensor(m) for m in models]}

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.budget import MAX_PRIORITY
+
 _EXAMPLE_ROW: Any = [[0.0] * 8 for _ in range(8)]
 _GIVEN: Any = {"not": {"type": "null"}}
 # JSON Schema of a body that names a level and states a budget: the server refuses it (400).
@@ -50,7 +52,9 @@ class PredictRequest(BaseModel):
     top_k: int | None = Field(
         default=None, ge=1, description="Return the k most likely classes, not all probabilities."
     )
-    priority: int = Field(0, ge=0, description="Queue priority: lower runs first; 0 = default.")
+    priority: int | None = Field(
+        None, ge=0, le=MAX_PRIORITY, description="Queue priority: lower runs first; 0 or null = default."
+    )
     timeout_ms: float | None = Field(
         default=None,
         ge=0,

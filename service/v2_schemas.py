@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.budget import MAX_PRIORITY
+
 
 class V2TensorParameters(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -51,7 +53,9 @@ class V2InferParameters(BaseModel):
     min_accuracy: float | None = Field(
         default=None, ge=0, le=1, description="Run the fastest level at least this accurate."
     )
-    priority: int = Field(default=0, ge=0, le=2**31 - 1, description="Lower runs first; 0 = default.")
+    priority: int | None = Field(
+        default=None, ge=0, le=MAX_PRIORITY, description="Lower runs first; 0 or null = default."
+    )
     timeout: float | None = Field(
         default=None, ge=0, description="µs; give up (504) if not started by then. Only lowers the default."
     )

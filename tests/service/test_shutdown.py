@@ -41,8 +41,26 @@ async def load(http: httpx.AsyncClient, url: str, stop: asyncio.Event, seen: Cou
             return
 
 
+async def until_queued(
+    http: httpx.AsyncClient, name: str, level: str, samples: int, within_s: float = 10.0
+) -> None:
+    """Wait until `level` has `samples` queued (read from the level table, not guessed from
+    sleeps: on a loaded machine a request can take long to reach the queue)."""
+    give_up = time.monotonic() + within_s
+    while True:
+        table = (await http.get(f"/v1/models/{name}")).json()
+        if next(lv["queue_depth"] for lv in table["levels"] if lv["name"] == level) >= samples:
+            return
+        assert time.monotonic() < give_up, f"fewer than {samples} samples queued after {within_s} s"
+        await asyncio.sleep(0.02)
+
+
 async def sigterm_under_load(
-    child: Child, manifest: Manifest, slow: list[dict[str, Any]], second_signal_after: float | None = None
+    child: Child,
+    manifest: Manifest,
+    slow: list[dict[str, Any]],
+    second_signal_after: float | None = None,
+    queued_on: str | None = None,  # a level where all but the first slow request must queue
 ) -> dict[str, Any]:
     url = f"/v1/models/{manifest.name}/predict"
     seen: Counter[Any] = Counter()
@@ -53,6 +71,8 @@ async def sigterm_under_load(
         for i, b in enumerate(slow):  # one after the other: never in one batch
             running.append(asyncio.create_task(http.post(url, json=b, headers={"X-Request-ID": f"slow-{i}"})))
             await asyncio.sleep(0.2)
+        if queued_on is not None:  # the first runs, the rest wait behind it
+            await until_queued(http, manifest.name, queued_on, len(slow) - 1)
         await asyncio.sleep(0.2)  # the slow batches are running now
         child.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
@@ -108,7 +128,7 @@ def test_the_drain_is_bounded_by_its_timeout_or_a_second_signal(
     env: dict[str, Any] = {"drain_timeout_s": drain_timeout_s, "auth_token": TOKEN}
     with child_server(bundle_path, tmp_path / "log", **env) as child:
         slow = [body("full", sleep_s=8), body("full")]  # the second queues behind the first
-        out = asyncio.run(sigterm_under_load(child, manifest, slow, second_signal_after))
+        out = asyncio.run(sigterm_under_load(child, manifest, slow, second_signal_after, queued_on="full"))
     running, queued = out["answers"]
     assert running.status_code == 503 and "shut down while this request ran" in running.json()["error"]
     assert queued.status_code == 503 and "shut down before this request ran" in queued.json()["error"]
