@@ -19,7 +19,7 @@ from model import levels
 from model.train import META, TrainConfig, train
 
 LEVELS = list(levels.DEFAULT)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: manifest schema 2 (intervals, calibration), checkpoints name the full level "full"
 
 
 @dataclass(frozen=True)
