@@ -135,7 +135,7 @@ class Engine:
         self.metrics.prediction_error.labels(model.name).observe(error_ms / 1000)
         if budget.given:
             floor, latency = budget.min_accuracy, budget.latency_ms
-            met = (floor is None or inference.level.level.accuracy >= floor) and (
+            met = (floor is None or inference.level.profile.meets(floor)) and (
                 latency is None or server_ms <= latency
             )
             inference.budget_met = rec.budget_met = met

@@ -26,7 +26,9 @@ INPUT_LIMIT = 2.0**100 - 2.0**75
 
 def profile_of(level: Level) -> LevelProfile:
     points = tuple(sorted((s.batch_size, s.median_ms) for s in level.latency))
-    return LevelProfile(level.name, level.keep_fraction, level.accuracy, points or ((1, 1.0),))
+    interval = level.accuracy_interval
+    low = None if interval is None else interval.low
+    return LevelProfile(level.name, level.keep_fraction, level.accuracy, points or ((1, 1.0),), low)
 
 
 @dataclass

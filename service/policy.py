@@ -11,6 +11,14 @@ Predicted server time of a request on a level, what the client sees less the net
   the level's latency profile (measured at warm-up, interpolated over batch size);
 - correction: an `Estimate` of observed / profiled compute (1.0 = the profile is right);
 - fill wait: only with a batching delay (opt-in), on an idle level, for a partial batch.
+
+Accuracy is a measurement on a finite test set, so the policy reads it with its 95% interval
+[low, high] (from the manifest; a level without one has low = high = accuracy):
+
+- a level meets an accuracy floor f when low >= f: it is at least f with 95% confidence;
+- levels whose accuracy lies within the most accurate level's interval (accuracy >= its low) are
+  equally accurate: under a latency budget the cheapest of them that fits runs, before any less
+  accurate level is tried.
 """
 
 from __future__ import annotations
@@ -31,6 +39,15 @@ class LevelProfile:
     keep_fraction: float
     accuracy: float
     latency_ms: tuple[tuple[int, float], ...]  # (batch size, median ms), sorted by batch size
+    accuracy_low: float | None = None  # the 95% interval's lower end; None: the accuracy itself
+
+    @property
+    def low(self) -> float:
+        return self.accuracy if self.accuracy_low is None else self.accuracy_low
+
+    def meets(self, floor: float) -> bool:
+        """Whether this level is at least `floor` accurate with 95% confidence."""
+        return self.low >= floor
 
     def predict_ms(self, batch_size: int) -> float:
         """Median compute of one batch: piecewise linear in batch size, extrapolated past the ends."""
@@ -143,10 +160,13 @@ def choose(
     accuracy_met = True
     if budget.min_accuracy is not None:
         floor = budget.min_accuracy
-        accurate = [s for s in candidates if s.profile.accuracy >= floor]
+        accurate = [s for s in candidates if s.profile.meets(floor)]
         accuracy_met = bool(accurate)  # if none is, the most accurate level runs and the budget is missed
         candidates = accurate or candidates[:1]
-    names = [s.profile.name for s in candidates]
+    # the levels as accurate as the best within its interval, cheapest first; then the rest
+    tie = candidates[0].profile.low
+    tied = sorted((s.profile.name for s in candidates if s.profile.accuracy >= tie), key=work.__getitem__)
+    names = tied + [s.profile.name for s in candidates if s.profile.accuracy < tie]
 
     if budget.latency_ms is not None:
         for n in names:

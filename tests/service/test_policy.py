@@ -142,3 +142,28 @@ def test_work_cuts_queue_into_full_batches_and_retry_after_is_whole_seconds() ->
     assert work_ms(s, 0, B) == pytest.approx(10.0 + HALF.predict_ms(36))
     assert retry_after_s(s, B) == 1
     assert retry_after_s(LevelState(HALF, correction=50.0, queued_samples=6400), B) == 50
+
+
+def with_interval(p: LevelProfile, low: float) -> LevelProfile:
+    return LevelProfile(p.name, p.keep_fraction, p.accuracy, p.latency_ms, low)
+
+
+def test_levels_within_the_best_levels_interval_count_as_equally_accurate() -> None:
+    # full's interval reaches down to 0.89: 1/2 (0.90) is as accurate, and cheaper; 1/4 (0.80) is not
+    levels = [LevelState(with_interval(FULL, 0.89)), LevelState(HALF), LevelState(QUARTER)]
+    d = pick(Budget(latency_ms=5.0), levels)
+    assert (d.level, d.budget_met) == ("1/2", True)
+    # when the cheaper tied level does not fit either, the next less accurate one is tried
+    assert pick(Budget(latency_ms=0.6), levels).level == "1/4"
+    # a narrow interval keeps the old order: the most accurate level that fits
+    narrow = [LevelState(with_interval(FULL, 0.93)), LevelState(HALF), LevelState(QUARTER)]
+    assert pick(Budget(latency_ms=5.0), narrow).level == "full"
+
+
+def test_an_accuracy_floor_is_met_only_by_the_intervals_lower_end() -> None:
+    # 1/2 measured 0.90 but its interval reaches 0.86: not at least 0.88 with 95% confidence
+    levels = [LevelState(FULL), LevelState(with_interval(HALF, 0.86)), LevelState(QUARTER)]
+    d = pick(Budget(min_accuracy=0.88), levels)
+    assert (d.level, d.budget_met) == ("full", True)
+    assert pick(Budget(min_accuracy=0.86), levels).level == "1/2"
+    assert not with_interval(HALF, 0.86).meets(0.88) and with_interval(HALF, 0.86).meets(0.86)
