@@ -152,7 +152,8 @@ class Batcher:
         request.timer = loop.call_at(loop.time() + max(0.0, deadline - now), self._expire, request)
         self._kick()
         try:
-            return await request.future
+            result: BatchResult = await request.future
+            return result
         except asyncio.CancelledError:  # the caller went away: its queued rows leave the queue
             self._queue.remove(request)
             raise
