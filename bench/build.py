@@ -19,7 +19,7 @@ from export.manifest import MANIFEST_FILE, Manifest, read_manifest
 from model.train import META, TrainConfig, train
 
 LEVELS = [Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8)]
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: overlapping patches, shifts and distillation in the recipes
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class BundleSpec:
 
     dataset: str
     preset: str | None = None  # None: the dataset's own
+    seed: int = 0  # the split and the initialisation
     epochs: int | None = None  # None: the preset's
     sparsity_aware: bool = True
     ranking: str = "outdegree"
@@ -35,7 +36,11 @@ class BundleSpec:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            dataset=self.dataset, preset=self.preset, epochs=self.epochs, sparsity_aware=self.sparsity_aware
+            dataset=self.dataset,
+            seed=self.seed,
+            preset=self.preset,
+            epochs=self.epochs,
+            sparsity_aware=self.sparsity_aware,
         )
 
     def with_ranking(self, ranking: str) -> BundleSpec:
@@ -44,9 +49,13 @@ class BundleSpec:
     def with_plain_training(self) -> BundleSpec:
         return replace(self, sparsity_aware=False)
 
+    def with_seed(self, seed: int) -> BundleSpec:
+        return replace(self, seed=seed)
+
     @property
     def label(self) -> str:
         base = self.name or "-".join(p for p in (self.dataset, self.preset) if p)
+        base += f"-seed{self.seed}" if self.seed else ""
         return base if self.sparsity_aware else f"{base}-plain"
 
 

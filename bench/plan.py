@@ -29,6 +29,7 @@ SERVER = ServerSettings()
 class Plan:
     quick: bool
     datasets: dict[str, BundleSpec]  # levels section: name -> sparsity-aware model
+    seeds: tuple[int, ...]  # accuracy section: each dataset's model trained once per seed
     serving: BundleSpec  # overhead and peers: the digits default model
     overload: BundleSpec  # compute-bound model for overload
     export_random: bool  # random-order control as its own exported bundle (else: the checkpoint's)
@@ -45,6 +46,7 @@ class Plan:
 FULL = Plan(
     quick=False,
     datasets={"digits": BundleSpec("digits"), "mnist1d": BundleSpec("mnist1d")},
+    seeds=(0, 1, 2),
     serving=BundleSpec("digits"),
     # 256 modules, dim 96, 3 layers: compute-bound here. Few epochs keep its training to minutes.
     overload=BundleSpec("digits", preset="large", epochs=40, name="digits-large"),
@@ -63,6 +65,7 @@ _TINY = BundleSpec("digits", preset="tiny", epochs=1)
 QUICK = Plan(
     quick=True,
     datasets={"digits": _TINY},
+    seeds=(0, 1),
     serving=_TINY,
     overload=_TINY,
     export_random=False,

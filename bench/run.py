@@ -1,6 +1,7 @@
 """`circuitserve bench`: every section in turn, then report.json, REPORT.md and the plots.
 
-Sections: levels (accuracy/latency trade-off), overhead (server vs raw onnxruntime), peers (LitServe,
+Sections: levels (accuracy/latency trade-off), accuracy (mean ± std over seeds, beside scikit-learn
+baselines on the same splits), overhead (server vs raw onnxruntime), peers (LitServe,
 BentoML), overload (open loop at 1x/2x/4x capacity with a latency budget). Trained models and bundles
 are cached under bench/out/ (see bench/build.py); server logs go to bench/out/logs/.
 """
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bench import report
+from bench.accuracy import run_accuracy
 from bench.build import BundleSpec, bundle
 from bench.levels import run_levels
 from bench.overhead import run_overhead
@@ -72,6 +74,7 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
     started = time.time()
     load_before = os.getloadavg()
     levels, models = _timed("levels", seconds, lambda: run_levels(plan, cache))
+    accuracy = _timed("accuracy over seeds", seconds, lambda: run_accuracy(plan, cache))
     small, small_manifest = bundle(plan.serving, cache)
     large, large_manifest = _timed(
         "building the overload model", seconds, lambda: bundle(plan.overload, cache)
@@ -97,6 +100,7 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
         "meta": report.meta(plan, started, load_before, seconds),
         "models": models,
         "levels": levels,
+        "accuracy": accuracy,
         "overhead": overhead,
         "peers": peers,
         "scale_out": scale_out,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is the train extra's; only augmentation needs it
+    import torch
 
 
 class DatasetError(ValueError):
@@ -41,6 +45,24 @@ class Dataset:
         else:
             mean, std = np.full(x.shape[1:], x.mean()), np.full(x.shape[1:], x.std())
         return mean.astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
+
+
+def shift_images(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+    """Training augmentation for small images: each image moves by up to `max_shift` pixels in each
+    direction, zero fill (no flips: a mirrored 2 is not a 2). (B, [C,] H, W) -> same shape."""
+    import torch
+    import torch.nn.functional as F
+
+    s, (h, w) = max_shift, x.shape[-2:]
+    padded = F.pad(x, (s, s, s, s))
+    dy = torch.randint(0, 2 * s + 1, (x.shape[0],), generator=gen)
+    dx = torch.randint(0, 2 * s + 1, (x.shape[0],), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+    b = torch.arange(x.shape[0])[:, None, None]
+    if x.dim() == 4:  # channels: move them last for the gather, then back
+        return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
+    return padded[b, rows, cols]
 
 
 def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[Split]:

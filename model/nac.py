@@ -32,6 +32,7 @@ class NACConfig:
     num_classes: int
     tokenizer: TokenizerKind = "image"
     patch: int = 2  # image patch side / signal chunk length / features per token
+    stride: int = 0  # image: patch stride (0: the patch side, patches do not overlap)
     window: int = 1  # signal/features: a token sees this many consecutive chunks (overlapping)
     modules: int = 64  # processor modules U (the ones pruning drops)
     outputs: int = 4  # read-out modules O (never dropped)
@@ -121,14 +122,22 @@ def log_kernel(k: Tensor) -> Tensor:
 
 
 class Tokenizer(nn.Module):
-    """Raw example -> N tokens of width D, plus a learned positional embedding."""
+    """Raw example -> N tokens of width D, plus a learned positional embedding.
+
+    Image patches may overlap (stride < patch): a patch's pixels straddle its neighbours' borders, as
+    a convolution's do. The projection is one Linear over a patch's C*p*p pixels, applied as a
+    convolution with that weight, so non-overlapping checkpoints load unchanged."""
 
     def __init__(self, cfg: NACConfig) -> None:
         super().__init__()
         self.kind, self.p, self.shape = cfg.tokenizer, cfg.patch, cfg.input_shape
         if self.kind == "image":
             c, h, w = self.shape if len(self.shape) == 3 else (1, *self.shape)
-            self.grid = (math.ceil(h / self.p), math.ceil(w / self.p))
+            self.stride = cfg.stride or self.p
+            self.grid = (math.ceil(h / self.stride), math.ceil(w / self.stride))
+            # zero padding that gives the grid: split evenly, the odd pixel at the bottom/right
+            ph, pw = ((g - 1) * self.stride + self.p - n for g, n in zip(self.grid, (h, w), strict=True))
+            self.padding = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
             n, width = self.grid[0] * self.grid[1], c * self.p * self.p
         else:  # signal or features: a flat vector cut into chunks of p; token i sees chunks i..i+w-1
             self.window = cfg.window
@@ -140,16 +149,14 @@ class Tokenizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, *input_shape) -> (B, N, D)
         b = x.shape[0]
         if self.kind == "image":
-            x = x.reshape(b, -1, *x.shape[-2:])  # (B, C, H, W)
-            gh, gw = self.grid
-            x = F.pad(x, (0, gw * self.p - x.shape[-1], 0, gh * self.p - x.shape[-2]))
-            x = x.reshape(b, x.shape[1], gh, self.p, gw, self.p).permute(0, 2, 4, 1, 3, 5)
-            tokens = x.reshape(b, gh * gw, -1)  # (B, N, C*p*p)
-        else:
-            x = x.reshape(b, -1)
-            x = F.pad(x, (0, (self.n_tokens + self.window - 1) * self.p - x.shape[1]))
-            chunks = x.reshape(b, -1, self.p)  # (B, N + w - 1, p)
-            tokens = torch.cat([chunks[:, i : i + self.n_tokens] for i in range(self.window)], dim=-1)
+            x = F.pad(x.reshape(b, -1, *x.shape[-2:]), self.padding)  # (B, C, H', W')
+            weight = self.proj.weight.reshape(-1, x.shape[1], self.p, self.p)  # (D, C, p, p)
+            tokens = F.conv2d(x, weight, self.proj.bias, stride=self.stride)  # (B, D, gh, gw)
+            return tokens.flatten(2).transpose(1, 2) + self.pos
+        x = x.reshape(b, -1)
+        x = F.pad(x, (0, (self.n_tokens + self.window - 1) * self.p - x.shape[1]))
+        chunks = x.reshape(b, -1, self.p)  # (B, N + w - 1, p)
+        tokens = torch.cat([chunks[:, i : i + self.n_tokens] for i in range(self.window)], dim=-1)
         return self.proj(tokens) + self.pos
 
 

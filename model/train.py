@@ -11,7 +11,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.data import Dataset, Split, load_dataset
+from model.data import Dataset, Split, load_dataset, shift_images
 from model.nac import NAC, PRESETS, NACConfig, level_modules
 
 DEFAULT_LEVELS = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
@@ -32,7 +32,7 @@ WEIGHTS, META = "model.pt", "checkpoint.json"
 class TrainConfig:
     dataset: str = "digits"
     seed: int = 0
-    epochs: int | None = None  # None: the preset's
+    epochs: int | None = None  # None: the preset's recipe (RECIPES)
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.05
@@ -40,12 +40,28 @@ class TrainConfig:
     sparsity_aware: bool = True  # draw a level per batch; False: train the full model only
     levels: list[float] = field(default_factory=lambda: [float(f) for f in DEFAULT_LEVELS])
     ema: float = 0.995  # evaluate and save an exponential moving average of the weights (0: off)
-    augment: bool = False  # random 1-pixel shifts, images only (slows convergence on 8x8 digits)
+    augment: int | None = None  # images: random shifts of up to this many pixels (0: off; None: recipe's)
+    distill: float | None = None  # weight of distillation from full into the drawn level (None: recipe's)
     preset: str | None = None  # None: the dataset's
     overrides: dict[str, Any] = field(default_factory=dict)  # NACConfig fields
 
 
-EPOCHS = {"digits": 100, "mnist1d": 40, "features": 60, "large": 40, "tiny": 3}
+@dataclass(frozen=True)
+class Recipe:
+    """How long and how a preset trains, where TrainConfig leaves it open (None)."""
+
+    epochs: int
+    augment: int = 0
+    distill: float = 0.0
+
+
+RECIPES = {
+    "digits": Recipe(epochs=100),
+    "mnist1d": Recipe(epochs=40),
+    "features": Recipe(epochs=60),
+    "large": Recipe(epochs=40),
+    "tiny": Recipe(epochs=3),
+}
 
 
 def set_seed(seed: int) -> None:
@@ -54,18 +70,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def shift_images(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random shift of each image by up to one pixel, zero fill. (B, [C,] H, W)."""
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (1, 1, 1, 1))
-    dy = torch.randint(0, 3, (x.shape[0],), generator=gen)
-    dx = torch.randint(0, 3, (x.shape[0],), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-    b = torch.arange(x.shape[0])[:, None, None]
-    if x.dim() == 4:  # channels: move them last for the gather, then back
-        return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
-    return padded[b, rows, cols]
+def distill_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(teacher || student) on softened distributions, scaled by T^2 so its gradient does not shrink
+    with T. The teacher (the full level's logits) is detached: the full level learns from the labels
+    only, and the pruned level learns to answer as it does. (B, classes) x2 -> scalar."""
+    t = F.log_softmax(teacher.detach() / temperature, dim=-1)
+    s = F.log_softmax(student / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
 @torch.no_grad()
@@ -107,12 +118,54 @@ def _progress(epoch: int, epochs: int, loss: float, acc: float, val: float, star
     )
 
 
+def resolve(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """`cfg` with every field it leaves open (None) taken from its preset's recipe."""
+    recipe = RECIPES[cfg.preset or data.preset]
+    return replace(
+        cfg,
+        epochs=cfg.epochs or recipe.epochs,
+        augment=recipe.augment if cfg.augment is None else cfg.augment,
+        distill=recipe.distill if cfg.distill is None else cfg.distill,
+    )
+
+
+def draw_levels(cfg: TrainConfig, gen: torch.Generator) -> list[float]:
+    """The levels one batch runs on. Plain training: the full level. Sparsity-aware: one level drawn
+    from cfg.levels; with distillation, the full level and one smaller level drawn."""
+    smaller = [f for f in cfg.levels if f < 1]
+    if not cfg.sparsity_aware:
+        return [1.0]
+    if cfg.distill and smaller:
+        return [1.0, smaller[int(torch.randint(len(smaller), (1,), generator=gen))]]
+    return [cfg.levels[int(torch.randint(len(cfg.levels), (1,), generator=gen))]]
+
+
+def step_loss(
+    model: NAC, x: Tensor, y: Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """One batch's loss and the logits of its first level (x normalised), on the current out-degree
+    order. With distillation the smaller level learns from the labels and from the full level."""
+    ranking = model.ranking()
+    loss, first = torch.zeros(()), None
+    for f in draw_levels(cfg, gen):
+        keep = None if f == 1 else ranking[: level_modules(model.cfg.modules, f)]
+        logits = model(x, keep)
+        loss = loss + F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if first is None:
+            first = logits
+        else:
+            loss = loss + (cfg.distill or 0.0) * distill_loss(logits, first)
+    assert first is not None
+    return loss, first
+
+
 def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tuple[NAC, dict[str, Any]]:
     """Train, evaluate every level in out-degree and random order, write the checkpoint to `out`."""
     set_seed(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.seed)
     model = build_model(cfg, data)
-    epochs = cfg.epochs or EPOCHS[cfg.preset or data.preset]
+    cfg = resolve(cfg, data)
+    epochs = cfg.epochs or 1
     mean_np, std_np = data.normalization()
     mean, std = torch.from_numpy(mean_np), torch.from_numpy(std_np)
     x_all, y_all = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
@@ -123,7 +176,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    augment = cfg.augment and model.cfg.tokenizer == "image"
+    shift = cfg.augment if model.cfg.tokenizer == "image" else 0
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
     )
@@ -135,14 +188,9 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
-            if augment:
-                x = shift_images(x, gen)
-            keep = None
-            if cfg.sparsity_aware:  # a level per batch, on the current out-degree order
-                f = cfg.levels[int(torch.randint(len(cfg.levels), (1,), generator=gen))]
-                keep = model.ranking()[: level_modules(model.cfg.modules, f)]
-            logits = model((x - mean) / std, keep)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if shift:
+                x = shift_images(x, gen, shift)
+            loss, logits = step_loss(model, (x - mean) / std, y, cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -169,7 +217,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         "dataset": cfg.dataset,
         "seed": cfg.seed,
         "config": model.cfg.to_dict(),
-        "train_config": asdict(cfg) | {"epochs": epochs},
+        "train_config": asdict(cfg),
         "labels": data.labels,
         "normalization": {"mean": mean_np.ravel().tolist(), "std": std_np.ravel().tolist()},
         "ranking": {"outdegree": outdegree.tolist(), "random": random_order.tolist()},
