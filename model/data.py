@@ -65,6 +65,29 @@ def shift_images(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> t
     return padded[b, rows, cols]
 
 
+def warp_images(
+    x: torch.Tensor, gen: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift: float = 0.5
+) -> torch.Tensor:
+    """Training augmentation for small images: a random affine warp per image, bilinear and zero
+    filled: rotation up to `degrees`, zoom within 1 +- `scale`, shift up to `shift` pixels each way.
+    Sub-pixel moves suit 8x8 digits, where one whole pixel is an eighth of the glyph. No flips.
+    (B, [C,] H, W) -> same shape."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    b, (h, w) = x.shape[0], x.shape[-2:]
+    u = lambda: torch.rand(b, generator=gen) * 2 - 1  # noqa: E731  uniform in [-1, 1]
+    angle, zoom = u() * math.radians(degrees), 1 + u() * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    tx, ty = u() * shift * 2 / w, u() * shift * 2 / h  # pixels -> grid units ([-1, 1] spans the image)
+    theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], 1)  # (B, 2, 3)
+    img = x.reshape(b, -1, h, w)
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(x.shape)
+
+
 def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[Split]:
     """Seeded, stratified split: each class is shuffled and cut in the given fractions."""
     rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.data import Dataset, Split, load_dataset, shift_images
+from model.data import Dataset, Split, load_dataset, shift_images, warp_images
 from model.nac import NAC, PRESETS, NACConfig, level_modules
 
 DEFAULT_LEVELS = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
@@ -41,6 +41,7 @@ class TrainConfig:
     levels: list[float] = field(default_factory=lambda: [float(f) for f in DEFAULT_LEVELS])
     ema: float = 0.995  # evaluate and save an exponential moving average of the weights (0: off)
     augment: int | None = None  # images: random shifts of up to this many pixels (0: off; None: recipe's)
+    warp: bool | None = None  # images: random sub-pixel affine warps (None: recipe's)
     distill: float | None = None  # weight of distillation from full into the drawn level (None: recipe's)
     preset: str | None = None  # None: the dataset's
     overrides: dict[str, Any] = field(default_factory=dict)  # NACConfig fields
@@ -52,6 +53,7 @@ class Recipe:
 
     epochs: int
     augment: int = 0
+    warp: bool = False
     distill: float = 0.0
 
 
@@ -125,6 +127,7 @@ def resolve(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         cfg,
         epochs=cfg.epochs or recipe.epochs,
         augment=recipe.augment if cfg.augment is None else cfg.augment,
+        warp=recipe.warp if cfg.warp is None else cfg.warp,
         distill=recipe.distill if cfg.distill is None else cfg.distill,
     )
 
@@ -190,6 +193,8 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
             x, y = x_all[idx], y_all[idx]
             if shift:
                 x = shift_images(x, gen, shift)
+            if cfg.warp and model.cfg.tokenizer == "image":
+                x = warp_images(x, gen)
             loss, logits = step_loss(model, (x - mean) / std, y, cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()

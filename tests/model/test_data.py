@@ -55,3 +55,37 @@ def test_not_a_zip_and_unknown_name(tmp_path):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="no such file"):
         load_dataset(str(tmp_path / "absent.npz"))
+
+
+def test_warp_images_identity_shape_and_seed():
+    import torch
+
+    from model.data import warp_images
+
+    x = torch.from_numpy(load_dataset("digits").train.x[:16])
+    assert torch.equal(warp_images(x, torch.Generator(), degrees=0, scale=0, shift=0), x)
+    a = warp_images(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and not torch.allclose(a, x)
+    assert torch.equal(a, warp_images(x, torch.Generator().manual_seed(1)))
+    rgb = torch.rand(4, 3, 8, 8)
+    assert warp_images(rgb, torch.Generator().manual_seed(0)).shape == rgb.shape
+
+
+def test_warp_images_moves_the_ink_by_at_most_the_shift():
+    import torch
+
+    from model.data import warp_images
+
+    x = torch.zeros(200, 9, 9)
+    x[:, 3:6, 3:6] = 1  # a centred square
+    y = warp_images(x, torch.Generator().manual_seed(0), degrees=0, scale=0, shift=0.5)
+    coords = torch.arange(9.0)
+
+    def centroid(img: torch.Tensor) -> torch.Tensor:  # (B, H, W) -> (B, 2): ink's row, column
+        mass = img.sum((1, 2))
+        return torch.stack([(img.sum(2) * coords).sum(1) / mass, (img.sum(1) * coords).sum(1) / mass], 1)
+
+    moved = centroid(y) - centroid(x)
+    assert moved.abs().max() <= 0.5 + 1e-4 and moved.abs().max() > 0.3  # sub-pixel, both ways
+    assert (moved > 0).any() and (moved < 0).any()
+    torch.testing.assert_close(y.sum((1, 2)), x.sum((1, 2)), rtol=1e-4, atol=1e-4)  # bilinear keeps ink

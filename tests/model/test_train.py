@@ -84,9 +84,11 @@ def test_recipe_fills_what_the_config_leaves_open():
     data = load_dataset("digits")
     cfg = resolve(TrainConfig(), data)
     recipe = RECIPES["digits"]
-    assert (cfg.epochs, cfg.augment, cfg.distill) == (recipe.epochs, recipe.augment, recipe.distill)
-    mine = resolve(TrainConfig(epochs=7, augment=0, distill=0.0), data)
-    assert (mine.epochs, mine.augment, mine.distill) == (7, 0, 0.0)
+    assert (cfg.epochs, cfg.augment, cfg.warp, cfg.distill) == (
+        *(recipe.epochs, recipe.augment, recipe.warp, recipe.distill),
+    )
+    mine = resolve(TrainConfig(epochs=7, augment=2, warp=not recipe.warp, distill=0.5), data)
+    assert (mine.epochs, mine.augment, mine.warp, mine.distill) == (7, 2, not recipe.warp, 0.5)
     assert resolve(TrainConfig(preset="tiny"), data).epochs == RECIPES["tiny"].epochs
 
 
