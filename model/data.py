@@ -85,7 +85,8 @@ def warp_images(
     theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], 1)  # (B, 2, 3)
     img = x.reshape(b, -1, h, w)
     grid = F.affine_grid(theta, list(img.shape), align_corners=False)
-    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(x.shape)
+    warped = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped.reshape(x.shape)
 
 
 def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[Split]:
