@@ -275,9 +275,8 @@ def overload(r: dict[str, Any]) -> list[str]:
     return [
         "## 4. Overload: open loop at multiples of the full level's capacity",
         "",
-        f"Model {o['model']}: preset {o['preset']}, {o['modules']} modules, compute-bound here; trained "
-        f"for {o['epochs']} epochs only, to keep its training to minutes: its accuracy is not the point, "
-        "and its pruned levels happen to score as well as the full one. Full-level capacity: "
+        f"Model {o['model']}: preset {o['preset']}, {o['modules']} modules, {o['epochs']} epochs, "
+        f"compute-bound here. Why this model: {r['meta'].get('overload_choice', '–')}. Full-level capacity: "
         f"{cap['throughput_rps']:.0f} requests/s (closed loop, concurrency {cap['concurrency']}, p99 "
         f"{cap['p99_ms']:.0f} ms). Poisson arrivals at 1x, 2x, 4x that rate, one example per request. "
         f"Adaptive: every request carries a {o['budget_ms']:.0f} ms latency budget; full only: every request "

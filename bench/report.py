@@ -60,6 +60,7 @@ def meta(
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "section_seconds": seconds,
         "server_settings": SERVER.as_dict(),
+        "overload_choice": plan.overload_choice,
         "durations": {
             "closed_loop_s": plan.load_s,
             "closed_loop_warmup_s": plan.warmup_s,

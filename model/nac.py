@@ -57,8 +57,10 @@ class NACConfig:
 
 
 PRESETS: dict[str, dict[str, object]] = {
-    # digits: 8x8 images, 2x2 patches -> 16 tokens
-    "digits": dict(tokenizer="image", patch=2, modules=64, dim=64, layers=2, dropout=0.2),
+    # digits: 8x8 images, 4x4 patches at stride 2 (overlapping by half, one pixel of zero padding) -> 16
+    # tokens, each seeing a quarter of the glyph: 97.6% -> with warps 98.x% over seeds 0-2 against
+    # 2x2 patches' ~97% (same cost: the token count decides it)
+    "digits": dict(tokenizer="image", patch=4, stride=2, modules=64, dim=64, layers=2, dropout=0.2),
     # MNIST-1D: 40-sample signals, chunks of 4 -> 10 tokens, each seeing two chunks (features that
     # straddle a chunk border: +9 points over plain chunks)
     "mnist1d": dict(tokenizer="signal", patch=4, window=2, modules=64, dim=64, layers=2, dropout=0.1),
@@ -67,6 +69,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # a compute-bound model for overload benchmarks (dropout as digits: without it, 256 modules
     # overfit digits' ~1,260 training images: 98.6% train against 90.6% validation accuracy)
     "large": dict(tokenizer="image", patch=2, modules=256, dim=96, layers=3, dropout=0.2),
+    # the same size on MNIST-1D signals (the overload showcase: bench/plan.py)
+    "large-signal": dict(tokenizer="signal", patch=4, window=2, modules=256, dim=96, layers=3, dropout=0.1),
     "tiny": dict(modules=8, outputs=2, dim=16, sig_dim=8, layers=1, heads=2),  # tests
 }
 

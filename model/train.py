@@ -58,10 +58,13 @@ class Recipe:
 
 
 RECIPES = {
-    "digits": Recipe(epochs=100),
+    # sub-pixel warps: without them the model fits the ~1,260 training images by epoch 40 (train
+    # accuracy 1.0) and stops learning; seed 2's test accuracy 96.7% -> 98.3%
+    "digits": Recipe(epochs=100, warp=True),
     "mnist1d": Recipe(epochs=40),
     "features": Recipe(epochs=60),
     "large": Recipe(epochs=40),
+    "large-signal": Recipe(epochs=20),
     "tiny": Recipe(epochs=3),
 }
 

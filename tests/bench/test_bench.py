@@ -284,6 +284,7 @@ def test_quick_report_files(quick_report: tuple[dict[str, Any], Path]) -> None:
     for image in ("levels.png", "overhead.png", "overload.png"):
         assert (out / image).stat().st_size > 1000 and f"]({image})" in md
     assert "## Targets" in md and "## Closing note" in md and "circuitserve bench --quick" in md
+    assert f"Why this model: {report['meta']['overload_choice']}" in md
     assert report["meta"]["quick"] is True and report["meta"]["machine"]
     assert set(report) == {
         *("meta", "models", "levels", "accuracy", "overhead", "peers", "scale_out", "overload"),
