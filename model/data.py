@@ -65,6 +65,19 @@ def shift_images(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> t
     return padded[b, rows, cols]
 
 
+def shift_signals(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Training augmentation for 1-D signals: each one moves by up to `max_shift` samples either way,
+    zero fill. (B, L) -> (B, L)."""
+    import torch
+    import torch.nn.functional as F
+
+    s, n = max_shift, x.shape[-1]
+    padded = F.pad(x, (s, s))
+    start = torch.randint(0, 2 * s + 1, (x.shape[0],), generator=gen)
+    cols = start[:, None] + torch.arange(n)  # (B, L)
+    return padded.gather(1, cols)
+
+
 def warp_images(
     x: torch.Tensor, gen: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift: float = 0.5
 ) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.data import Dataset, Split, load_dataset, shift_images, warp_images
+from model.data import Dataset, Split, load_dataset, shift_images, shift_signals, warp_images
 from model.nac import NAC, PRESETS, NACConfig, level_modules
 
 DEFAULT_LEVELS = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
@@ -40,7 +40,7 @@ class TrainConfig:
     sparsity_aware: bool = True  # draw a level per batch; False: train the full model only
     levels: list[float] = field(default_factory=lambda: [float(f) for f in DEFAULT_LEVELS])
     ema: float = 0.995  # evaluate and save an exponential moving average of the weights (0: off)
-    augment: int | None = None  # images: random shifts of up to this many pixels (0: off; None: recipe's)
+    augment: int | None = None  # images, signals: random shifts of up to this many pixels/samples (0: off)
     warp: bool | None = None  # images: random sub-pixel affine warps (None: recipe's)
     distill: float | None = None  # weight of distillation from full into the drawn level (None: recipe's)
     preset: str | None = None  # None: the dataset's
@@ -182,7 +182,8 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    shift = cfg.augment if model.cfg.tokenizer == "image" else 0
+    kind = model.cfg.tokenizer
+    shift = cfg.augment if kind in ("image", "signal") else 0
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
     )
@@ -195,8 +196,8 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
             idx = perm[i : i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
             if shift:
-                x = shift_images(x, gen, shift)
-            if cfg.warp and model.cfg.tokenizer == "image":
+                x = shift_images(x, gen, shift) if kind == "image" else shift_signals(x, gen, shift)
+            if cfg.warp and kind == "image":
                 x = warp_images(x, gen)
             loss, logits = step_loss(model, (x - mean) / std, y, cfg, gen)
             opt.zero_grad(set_to_none=True)

@@ -89,3 +89,18 @@ def test_warp_images_moves_the_ink_by_at_most_the_shift():
     assert moved.abs().max() <= 0.5 + 1e-4 and moved.abs().max() > 0.3  # sub-pixel, both ways
     assert (moved > 0).any() and (moved < 0).any()
     torch.testing.assert_close(y.sum((1, 2)), x.sum((1, 2)), rtol=1e-4, atol=1e-4)  # bilinear keeps ink
+
+
+def test_shift_signals_moves_each_signal_within_the_bound():
+    import torch
+
+    from model.data import shift_signals
+
+    x = torch.zeros(300, 11)
+    x[:, 5] = 1
+    y = shift_signals(x, torch.Generator().manual_seed(0), max_shift=2)
+    assert y.shape == x.shape and torch.equal(y.sum(1), x.sum(1))  # one sample each, none lost
+    assert set((y.argmax(1) - 5).tolist()) == {-2, -1, 0, 1, 2}
+    edge = torch.arange(1.0, 5.0).repeat(50, 1)  # what leaves one end is gone, zeros come in
+    moved = shift_signals(edge, torch.Generator().manual_seed(1), max_shift=1)
+    assert {tuple(r) for r in moved.tolist()} == {(0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 0)}
