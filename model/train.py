@@ -62,7 +62,10 @@ RECIPES = {
     # accuracy 1.0) and stops learning. Full level over seeds 0-2: 97.6% -> 98.9% (whole-pixel
     # shifts instead: no gain on seed 0, and the pruned levels lost up to a point)
     "digits": Recipe(epochs=100, warp=True),
-    "mnist1d": Recipe(epochs=40),
+    # shifts of up to 2 samples. Seed 0's full level: 95.8% before (10 tokens, no shifts), 97.1% with
+    # them and the preset's 20 tokens; 10 tokens with distillation from full into the drawn level
+    # instead: 95.2% (it fits the training set sooner, train accuracy 1.0)
+    "mnist1d": Recipe(epochs=40, augment=2),
     "features": Recipe(epochs=60),
     "large": Recipe(epochs=40),
     "large-signal": Recipe(epochs=20),
