@@ -19,7 +19,8 @@ from model import levels
 from model.train import META, TrainConfig, train
 
 LEVELS = list(levels.DEFAULT)
-CACHE_VERSION = 2  # 2: manifest schema 2 (intervals, calibration), checkpoints name the full level "full"
+# 3: manifest schema 2 (intervals, calibration); overlapping patches and warps in the recipes
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class BundleSpec:
 
     dataset: str
     preset: str | None = None  # None: the dataset's own
+    seed: int = 0  # the split and the initialisation
     epochs: int | None = None  # None: the preset's
     sparsity_aware: bool = True
     ranking: str = "outdegree"
@@ -35,7 +37,11 @@ class BundleSpec:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            dataset=self.dataset, preset=self.preset, epochs=self.epochs, sparsity_aware=self.sparsity_aware
+            dataset=self.dataset,
+            seed=self.seed,
+            preset=self.preset,
+            epochs=self.epochs,
+            sparsity_aware=self.sparsity_aware,
         )
 
     def with_ranking(self, ranking: str) -> BundleSpec:
@@ -44,9 +50,13 @@ class BundleSpec:
     def with_plain_training(self) -> BundleSpec:
         return replace(self, sparsity_aware=False)
 
+    def with_seed(self, seed: int) -> BundleSpec:
+        return replace(self, seed=seed)
+
     @property
     def label(self) -> str:
         base = self.name or "-".join(p for p in (self.dataset, self.preset) if p)
+        base += f"-seed{self.seed}" if self.seed else ""
         return base if self.sparsity_aware else f"{base}-plain"
 
 

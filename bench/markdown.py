@@ -25,6 +25,11 @@ def percent(v: float) -> str:
     return f"{v:.2%}" if 0 < v < 0.01 else f"{v:.1%}"
 
 
+def spread(s: dict[str, Any]) -> str:
+    """A mean ± std over seeds (bench/accuracy.py) as percentages."""
+    return f"{s['mean']:.2%} ± {s['std']:.2%}"
+
+
 def table(columns: list[Column], items: Iterable[tuple[str, Row]]) -> list[str]:
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(get(k, v)) for _, get in columns) + " |" for k, v in items]
@@ -116,6 +121,43 @@ def levels(r: dict[str, Any]) -> list[str]:
             f"training: {m['plain_training_source']}.",
             "",
             *table(columns, levels_table.items()),
+        ]
+    return lines
+
+
+BASELINE_NAMES = {
+    "svc": "SVC(gamma=0.001)",
+    "mlp": "MLPClassifier((256,))",
+    "logistic": "LogisticRegression",
+}
+
+
+def accuracy(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 1b. Accuracy over seeds, beside scikit-learn",
+        "",
+        "Each seed is its own split and initialisation (`load_dataset(name, seed)`); test accuracy as mean "
+        "± sample std over the seeds. The baselines are fitted on train+val and scored on the same test "
+        "splits, on raw inputs. Random order: the same checkpoints, modules kept in a random order.",
+        "",
+    ]
+    for ds, a in r["accuracy"].items():
+        seeds = ", ".join(str(s) for s in a["seeds"])
+        rows = [(f"NAC {lv}", s, a["random_order"][lv]) for lv, s in a["levels"].items()]
+        rows += [(BASELINE_NAMES[n], s, None) for n, s in a["baselines"].items()]
+        lines += [
+            f"**{ds}**: seeds {seeds}, {a['test_examples']} test examples (one example = "
+            f"{100 / a['test_examples']:.2f} points). Training took {a['train_seconds']} s per seed, the "
+            f"baselines {a['baseline_seconds']} s in all.",
+            "",
+            "| model | test accuracy | per seed | random order |",
+            "|---|---|---|---|",
+            *(
+                f"| {name} | {spread(s)} | {', '.join(f'{v:.2%}' for v in s['per_seed'])} | "
+                f"{spread(rnd) if rnd else '–'} |"
+                for name, s, rnd in rows
+            ),
+            "",
         ]
     return lines
 
@@ -240,9 +282,8 @@ def overload(r: dict[str, Any]) -> list[str]:
     return [
         "## 4. Overload: open loop at multiples of the full level's capacity",
         "",
-        f"Model {o['model']}: preset {o['preset']}, {o['modules']} modules, compute-bound here; trained "
-        f"for {o['epochs']} epochs only, to keep its training to minutes: its accuracy is not the point, "
-        "and its pruned levels happen to score as well as the full one. Full-level capacity: "
+        f"Model {o['model']}: preset {o['preset']}, {o['modules']} modules, {o['epochs']} epochs, "
+        f"compute-bound here. Why this model: {r['meta'].get('overload_choice', '–')}. Full-level capacity: "
         f"{cap['throughput_rps']:.0f} requests/s (closed loop, concurrency {cap['concurrency']}, p99 "
         f"{cap['p99_ms']:.0f} ms). Poisson arrivals at 1x, 2x, 4x that rate, one example per request. "
         f"Adaptive: every request carries a {o['budget_ms']:.0f} ms latency budget; full only: every request "
@@ -357,6 +398,7 @@ def render(r: dict[str, Any], images: dict[str, str]) -> str:
     ]
     sections = (
         (levels, "levels"),
+        (accuracy, "accuracy"),
         (overhead, "overhead"),
         (peers, "peers"),
         (overload, "overload"),

@@ -1,10 +1,10 @@
 """`circuitserve bench`: every section in turn, then report.json, REPORT.md and the plots.
 
-Sections: levels (accuracy/latency trade-off), overhead (server vs raw onnxruntime), peers (LitServe,
-BentoML), overload (open loop at 1x/2x/4x capacity with a latency budget), latency floor (one
-request at low load per level, against a bare ASGI app and raw onnxruntime; largest-request memory).
-Trained models and bundles are cached under bench/out/ (see bench/build.py); server logs go to
-bench/out/logs/.
+Sections: levels (accuracy/latency trade-off), accuracy (mean ± std over seeds, beside scikit-learn
+baselines on the same splits), overhead (server vs raw onnxruntime), peers (LitServe, BentoML),
+overload (open loop at 1x/2x/4x capacity with a latency budget), latency floor (one request at low
+load per level, against a bare ASGI app and raw onnxruntime; largest-request memory). Trained models
+and bundles are cached under bench/out/ (see bench/build.py); server logs go to bench/out/logs/.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bench import report
+from bench.accuracy import run_accuracy
 from bench.build import BundleSpec, bundle
 from bench.latency_floor import run_latency_floor
 from bench.levels import run_levels
@@ -75,6 +76,7 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
     started = time.time()
     load_before = os.getloadavg()
     levels, models = _timed("levels", seconds, lambda: run_levels(plan, cache))
+    accuracy = _timed("accuracy over seeds", seconds, lambda: run_accuracy(plan, cache))
     small, small_manifest = bundle(plan.serving, cache)
     large, large_manifest = _timed(
         "building the overload model", seconds, lambda: bundle(plan.overload, cache)
@@ -103,6 +105,7 @@ def measure(plan: Plan, cache: Path) -> dict[str, Any]:
         "meta": report.meta(plan, started, load_before, seconds),
         "models": models,
         "levels": levels,
+        "accuracy": accuracy,
         "overhead": overhead,
         "peers": peers,
         "scale_out": scale_out,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is the train extra's; only augmentation needs it
+    import torch
 
 
 class DatasetError(ValueError):
@@ -41,6 +45,64 @@ class Dataset:
         else:
             mean, std = np.full(x.shape[1:], x.mean()), np.full(x.shape[1:], x.std())
         return mean.astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
+
+
+def shift_images(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+    """Training augmentation for small images: each image moves by up to `max_shift` pixels in each
+    direction, zero fill (no flips: a mirrored 2 is not a 2). (B, [C,] H, W) -> same shape."""
+    import torch
+    import torch.nn.functional as F
+
+    s, (h, w) = max_shift, x.shape[-2:]
+    padded = F.pad(x, (s, s, s, s))
+    dy = torch.randint(0, 2 * s + 1, (x.shape[0],), generator=gen)
+    dx = torch.randint(0, 2 * s + 1, (x.shape[0],), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+    b = torch.arange(x.shape[0])[:, None, None]
+    if x.dim() == 4:  # channels: move them last for the gather, then back
+        return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
+    return padded[b, rows, cols]
+
+
+def shift_signals(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Training augmentation for 1-D signals: each one moves by up to `max_shift` samples either way,
+    zero fill. (B, L) -> (B, L)."""
+    import torch
+    import torch.nn.functional as F
+
+    s, n = max_shift, x.shape[-1]
+    padded = F.pad(x, (s, s))
+    start = torch.randint(0, 2 * s + 1, (x.shape[0],), generator=gen)
+    cols = start[:, None] + torch.arange(n)  # (B, L)
+    return padded.gather(1, cols)
+
+
+def warp_images(
+    x: torch.Tensor, gen: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift: float = 0.5
+) -> torch.Tensor:
+    """Training augmentation for small images: a random affine warp per image, bilinear and zero
+    filled: rotation up to `degrees`, zoom within 1 +- `scale`, shift up to `shift` pixels each way.
+    Sub-pixel moves suit 8x8 digits, where one whole pixel is an eighth of the glyph. No flips.
+    (B, [C,] H, W) -> same shape."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    b, (h, w) = x.shape[0], x.shape[-2:]
+
+    def u() -> torch.Tensor:  # (B,) uniform in [-1, 1]
+        return torch.rand(b, generator=gen) * 2 - 1
+
+    angle, zoom = u() * math.radians(degrees), 1 + u() * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    tx, ty = u() * shift * 2 / w, u() * shift * 2 / h  # pixels -> grid units ([-1, 1] spans the image)
+    theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], 1)  # (B, 2, 3)
+    img = x.reshape(b, -1, h, w)
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    warped = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped.reshape(x.shape)
 
 
 def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[Split]:

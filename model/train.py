@@ -12,7 +12,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model import families, levels
-from model.data import Dataset, Split, load_dataset
+from model.data import Dataset, Split, load_dataset, shift_images, shift_signals, warp_images
 from model.families import Family
 
 WEIGHTS, META = "model.pt", "checkpoint.json"
@@ -33,7 +33,7 @@ class TrainConfig:
     dataset: str = "digits"
     family: str = families.DEFAULT_FAMILY
     seed: int = 0
-    epochs: int | None = None  # None: the preset's
+    epochs: int | None = None  # None: the preset's recipe (RECIPES)
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.05
@@ -41,12 +41,37 @@ class TrainConfig:
     sparsity_aware: bool = True  # draw a level per batch; False: train the full model only
     levels: list[float] = field(default_factory=lambda: [float(f) for f in levels.DEFAULT])
     ema: float = 0.995  # evaluate and save an exponential moving average of the weights (0: off)
-    augment: bool = False  # random 1-pixel shifts, images only (slows convergence on 8x8 digits)
+    augment: int | None = None  # images, signals: random shifts of up to this many pixels/samples (0: off)
+    warp: bool | None = None  # images: random sub-pixel affine warps (None: recipe's)
+    distill: float | None = None  # weight of distillation from full into the drawn level (None: recipe's)
     preset: str | None = None  # None: the dataset's
     overrides: dict[str, Any] = field(default_factory=dict)  # the family's config fields
 
 
-EPOCHS = {"digits": 100, "mnist1d": 40, "features": 60, "large": 40, "tiny": 3}
+@dataclass(frozen=True)
+class Recipe:
+    """How long and how a preset trains, where TrainConfig leaves it open (None)."""
+
+    epochs: int
+    augment: int = 0
+    warp: bool = False
+    distill: float = 0.0
+
+
+RECIPES = {
+    # sub-pixel warps: without them the model fits the ~1,260 training images by epoch 40 (train
+    # accuracy 1.0) and stops learning. Full level over seeds 0-2: 97.6% -> 98.9% (whole-pixel
+    # shifts instead: no gain on seed 0, and the pruned levels lost up to a point)
+    "digits": Recipe(epochs=100, warp=True),
+    # shifts of up to 2 samples. Seed 0's full level: 95.8% before (10 tokens, no shifts), 97.1% with
+    # them and the preset's 20 tokens; 10 tokens with distillation from full into the drawn level
+    # instead: 95.2% (it fits the training set sooner, train accuracy 1.0)
+    "mnist1d": Recipe(epochs=40, augment=2),
+    "features": Recipe(epochs=60),
+    "large": Recipe(epochs=40),
+    "large-signal": Recipe(epochs=20),
+    "tiny": Recipe(epochs=3),
+}
 
 
 def set_seed(seed: int) -> None:
@@ -55,18 +80,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def shift_images(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random shift of each image by up to one pixel, zero fill. (B, [C,] H, W)."""
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (1, 1, 1, 1))
-    dy = torch.randint(0, 3, (x.shape[0],), generator=gen)
-    dx = torch.randint(0, 3, (x.shape[0],), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-    b = torch.arange(x.shape[0])[:, None, None]
-    if x.dim() == 4:  # channels: move them last for the gather, then back
-        return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
-    return padded[b, rows, cols]
+def distill_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(teacher || student) on softened distributions, scaled by T^2 so its gradient does not shrink
+    with T. The teacher (the full level's logits) is detached: the full level learns from the labels
+    only, and the pruned level learns to answer as it does. (B, classes) x2 -> scalar."""
+    t = F.log_softmax(teacher.detach() / temperature, dim=-1)
+    s = F.log_softmax(student / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
 @torch.no_grad()
@@ -115,6 +135,48 @@ def _progress(epoch: int, epochs: int, loss: float, acc: float, val: float, star
     )
 
 
+def resolve(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """`cfg` with every field it leaves open (None) taken from its preset's recipe."""
+    recipe = RECIPES[cfg.preset or data.preset]
+    return replace(
+        cfg,
+        epochs=cfg.epochs or recipe.epochs,
+        augment=recipe.augment if cfg.augment is None else cfg.augment,
+        warp=recipe.warp if cfg.warp is None else cfg.warp,
+        distill=recipe.distill if cfg.distill is None else cfg.distill,
+    )
+
+
+def draw_levels(cfg: TrainConfig, gen: torch.Generator) -> list[float]:
+    """The levels one batch runs on. Plain training: the full level. Sparsity-aware: one level drawn
+    from cfg.levels; with distillation, the full level and one smaller level drawn."""
+    smaller = [f for f in cfg.levels if f < 1]
+    if not cfg.sparsity_aware:
+        return [1.0]
+    if cfg.distill and smaller:
+        return [1.0, smaller[int(torch.randint(len(smaller), (1,), generator=gen))]]
+    return [cfg.levels[int(torch.randint(len(cfg.levels), (1,), generator=gen))]]
+
+
+def step_loss(
+    family: Family, model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """One batch's loss and the logits of its first level (x normalised), on the current out-degree
+    order. With distillation the smaller level learns from the labels and from the full level."""
+    ranking, units = family.ranking(model), family.units(model)
+    loss, first = torch.zeros(()), None
+    for f in draw_levels(cfg, gen):
+        keep = None if f == 1 else ranking[: levels.units_kept(units, f)]
+        logits = family.forward(model, x, keep)
+        loss = loss + F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if first is None:
+            first = logits
+        else:
+            loss = loss + (cfg.distill or 0.0) * distill_loss(logits, first)
+    assert first is not None
+    return loss, first
+
+
 def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tuple[nn.Module, dict[str, Any]]:
     """Train, evaluate every level in ranked and random order, write the checkpoint to `out`."""
     set_seed(cfg.seed)
@@ -122,7 +184,8 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     family = families.get(cfg.family)
     model = build_model(cfg, data)
     units = family.units(model)
-    epochs = cfg.epochs or EPOCHS[cfg.preset or data.preset]
+    cfg = resolve(cfg, data)
+    epochs = cfg.epochs or 1
     mean_np, std_np = data.normalization()
     mean, std = torch.from_numpy(mean_np), torch.from_numpy(std_np)
     x_all, y_all = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
@@ -133,7 +196,9 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    augment = cfg.augment and len(data.input_shape) >= 2 and data.preset != "features"  # images only
+    # what the input is decides the augmentation: images (H, W), signals (L,); feature vectors none
+    kind = "image" if len(data.input_shape) >= 2 else "features" if data.preset == "features" else "signal"
+    shift = cfg.augment if kind in ("image", "signal") else 0
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
     )
@@ -146,14 +211,11 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
-            if augment:
-                x = shift_images(x, gen)
-            keep = None
-            if cfg.sparsity_aware:  # a level per batch, on the current out-degree order
-                f = cfg.levels[int(torch.randint(len(cfg.levels), (1,), generator=gen))]
-                keep = family.ranking(model)[: levels.units_kept(units, f)]
-            logits = family.forward(model, (x - mean) / std, keep)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if shift:
+                x = shift_images(x, gen, shift) if kind == "image" else shift_signals(x, gen, shift)
+            if cfg.warp and kind == "image":
+                x = warp_images(x, gen)
+            loss, logits = step_loss(family, model, (x - mean) / std, y, cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -182,7 +244,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         "dataset": cfg.dataset,
         "seed": cfg.seed,
         "config": family.config(model),
-        "train_config": asdict(cfg) | {"epochs": epochs},
+        "train_config": asdict(cfg),
         "labels": data.labels,
         "normalization": {"mean": mean_np.ravel().tolist(), "std": std_np.ravel().tolist()},
         "ranking": {"outdegree": outdegree.tolist(), "random": random_order.tolist()},

@@ -209,6 +209,27 @@ def test_replicas_of_circuitserve_run_side_by_side(trained_bundle: Path, tmp_pat
         assert (tmp_path / f"replica-{i}" / "circuitserve.log").is_file()
 
 
+def test_accuracy_spread_and_target() -> None:
+    from bench import report
+    from bench.accuracy import spread
+
+    s = spread([0.98, 0.99, 1.0])
+    assert s == {"mean": 0.99, "std": 0.01, "per_seed": [0.98, 0.99, 1.0]}
+    assert spread([0.5])["std"] == 0.0
+
+    def section(full: list[float], eighth: list[float]) -> dict[str, Any]:
+        levels = {"full": spread(full), "1/2": spread(full), "1/8": spread(eighth)}
+        return {"seeds": [0, 1, 2], "levels": levels, "baselines": {"svc": spread([0.99, 0.99, 0.99])}}
+
+    good = report._accuracy_target("digits", section([0.99, 0.99, 0.99], [0.985, 0.98, 0.985]))
+    assert good["reached"] is True and good["why"] == "" and "98.5%" in good["goal"]
+    low = report._accuracy_target("digits", section([0.98, 0.98, 0.98], [0.98, 0.98, 0.98]))
+    assert low["reached"] is False and "svc" in low["why"] and "99.00% ± 0.00%" in low["why"]
+    drop = report._accuracy_target("mnist1d", section([0.97, 0.97, 0.97], [0.95, 0.95, 0.96]))
+    assert drop["reached"] is False and "1/8" in drop["measured"] and "1.7 below" in drop["measured"]
+    assert report._accuracy_target("toy", section([1.0] * 3, [1.0] * 3))["reached"] is False  # no goal
+
+
 def test_scale_out_target_and_table_from_figures() -> None:
     from bench import markdown, report
 
@@ -280,9 +301,11 @@ def test_quick_report_files(quick_report: tuple[dict[str, Any], Path]) -> None:
     for image in ("levels.png", "overhead.png", "overload.png"):
         assert (out / image).stat().st_size > 1000 and f"]({image})" in md
     assert "## Targets" in md and "## Closing note" in md and "circuitserve bench --quick" in md
+    assert f"Why this model: {report['meta']['overload_choice']}" in md
     assert report["meta"]["quick"] is True and report["meta"]["machine"]
     assert set(report) == {
-        *("meta", "models", "levels", "overhead", "peers", "scale_out", "overload", "latency_floor"),
+        *("meta", "models", "levels", "accuracy", "overhead", "peers", "scale_out", "overload"),
+        "latency_floor",
         *("noise", "targets"),
     }
 
@@ -298,6 +321,24 @@ def test_quick_report_levels(quick_report: tuple[dict[str, Any], Path]) -> None:
             assert _number(lv[key]) and lv[key] > 0
     assert levels["full"]["speedup_b128"] == 1.0
     assert levels["1/8"]["modules"] < levels["full"]["modules"]
+
+
+@pytest.mark.slow
+def test_quick_report_accuracy_over_seeds(quick_report: tuple[dict[str, Any], Path]) -> None:
+    from model.data import load_dataset
+
+    a = quick_report[0]["accuracy"]["digits"]
+    assert a["seeds"] == [0, 1] and a["test_examples"] == len(load_dataset("digits", 0).test.y)
+    assert list(a["levels"]) == ["full", "1/2", "1/4", "1/8"] and list(a["random_order"]) == list(a["levels"])
+    assert set(a["baselines"]) == {"svc", "mlp", "logistic"}
+    for s in [*a["levels"].values(), *a["random_order"].values(), *a["baselines"].values()]:
+        assert len(s["per_seed"]) == 2 and all(_fraction(v) for v in s["per_seed"])
+        assert s["mean"] == pytest.approx(sum(s["per_seed"]) / 2, abs=1e-4) and s["std"] >= 0
+    assert a["baselines"]["svc"]["mean"] > 0.97  # scikit-learn's SVC on digits: a strong baseline
+    # seed 0 is the levels section's own checkpoint
+    assert a["levels"]["full"]["per_seed"][0] == quick_report[0]["levels"]["digits"]["full"]["accuracy"]
+    md = (quick_report[1] / "REPORT.md").read_text()
+    assert "Accuracy over seeds" in md and "| SVC(gamma=0.001) |" in md
 
 
 @pytest.mark.slow
@@ -365,7 +406,7 @@ def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -
 @pytest.mark.slow
 def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None:
     targets = quick_report[0]["targets"]
-    assert len(targets) == 7  # overhead x2, peers, peers at scale-out, overload, latency floor x2
+    assert len(targets) == 8  # accuracy (digits), overhead x2, peers, peers at scale-out, overload, floor x2
     for t in targets:
         assert t["goal"] and t["measured"]
         # judged exactly when measured: None only beside "not measured", a bool otherwise
@@ -376,5 +417,6 @@ def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None
     from bench import report
 
     overhead = quick_report[0]["overhead"]
-    for t, o in zip(targets[:2], overhead.values(), strict=True):
+    accuracy_targets = len(quick_report[0]["accuracy"])
+    for t, o in zip(targets[accuracy_targets : accuracy_targets + 2], overhead.values(), strict=True):
         assert t["reached"] is (o["c64"]["throughput_ratio"] >= report.OVERHEAD_RATIO), (t, o["c64"])

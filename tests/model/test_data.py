@@ -55,3 +55,52 @@ def test_not_a_zip_and_unknown_name(tmp_path):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="no such file"):
         load_dataset(str(tmp_path / "absent.npz"))
+
+
+def test_warp_images_identity_shape_and_seed():
+    import torch
+
+    from model.data import warp_images
+
+    x = torch.from_numpy(load_dataset("digits").train.x[:16])
+    assert torch.equal(warp_images(x, torch.Generator(), degrees=0, scale=0, shift=0), x)
+    a = warp_images(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and not torch.allclose(a, x)
+    assert torch.equal(a, warp_images(x, torch.Generator().manual_seed(1)))
+    rgb = torch.rand(4, 3, 8, 8)
+    assert warp_images(rgb, torch.Generator().manual_seed(0)).shape == rgb.shape
+
+
+def test_warp_images_moves_the_ink_by_at_most_the_shift():
+    import torch
+
+    from model.data import warp_images
+
+    x = torch.zeros(200, 9, 9)
+    x[:, 3:6, 3:6] = 1  # a centred square
+    y = warp_images(x, torch.Generator().manual_seed(0), degrees=0, scale=0, shift=0.5)
+    coords = torch.arange(9.0)
+
+    def centroid(img: torch.Tensor) -> torch.Tensor:  # (B, H, W) -> (B, 2): ink's row, column
+        mass = img.sum((1, 2))
+        return torch.stack([(img.sum(2) * coords).sum(1) / mass, (img.sum(1) * coords).sum(1) / mass], 1)
+
+    moved = centroid(y) - centroid(x)
+    assert moved.abs().max() <= 0.5 + 1e-4 and moved.abs().max() > 0.3  # sub-pixel, both ways
+    assert (moved > 0).any() and (moved < 0).any()
+    torch.testing.assert_close(y.sum((1, 2)), x.sum((1, 2)), rtol=1e-4, atol=1e-4)  # bilinear keeps ink
+
+
+def test_shift_signals_moves_each_signal_within_the_bound():
+    import torch
+
+    from model.data import shift_signals
+
+    x = torch.zeros(300, 11)
+    x[:, 5] = 1
+    y = shift_signals(x, torch.Generator().manual_seed(0), max_shift=2)
+    assert y.shape == x.shape and torch.equal(y.sum(1), x.sum(1))  # one sample each, none lost
+    assert set((y.argmax(1) - 5).tolist()) == {-2, -1, 0, 1, 2}
+    edge = torch.arange(1.0, 5.0).repeat(50, 1)  # what leaves one end is gone, zeros come in
+    moved = shift_signals(edge, torch.Generator().manual_seed(1), max_shift=1)
+    assert {tuple(r) for r in moved.tolist()} == {(0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 0)}

@@ -25,13 +25,14 @@ def tiny(input_shape=(8, 8), tokenizer="image", patch=2, **kw) -> NAC:
     ("shape", "kind", "patch", "tokens"),
     [
         ((8, 8), "image", 2, 16),
+        ((8, 8), "image", 4, 16),  # with stride 2 below: overlapping 4x4 patches
         ((3, 7, 9), "image", 2, 20),
         ((40,), "signal", 4, 10),
         ((13,), "features", 4, 4),
     ],
 )
 def test_tokenizer_shapes(shape, kind, patch, tokens):
-    m = tiny(shape, kind, patch)
+    m = tiny(shape, kind, patch, stride=2 if patch == 4 and kind == "image" else 0)
     x = torch.randn(3, *shape)
     assert m.tokenizer(x).shape == (3, tokens, m.cfg.dim)
     assert m(x).shape == (3, 5)
@@ -48,6 +49,23 @@ def test_signal_windows_overlap():
     assert tokens.shape == (3, 8)
     assert tokens[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
     assert tokens[2].tolist() == [8, 9, 10, 11, 0, 0, 0, 0]  # zero padding past the end
+
+
+def test_overlapping_patches_share_pixels():
+    """4x4 patches at stride 2 on 8x8, padded by one pixel: a token holds its patch's raw pixels,
+    and neighbouring tokens hold the two columns they share."""
+    m = tiny((8, 8), "image", 4, stride=2, dim=16)
+    x = torch.arange(64.0).reshape(1, 8, 8)
+    with torch.no_grad():
+        m.tokenizer.proj.weight.copy_(torch.eye(16))
+        m.tokenizer.proj.bias.zero_()
+        m.tokenizer.pos.zero_()
+    tokens = m.tokenizer(x)[0].reshape(16, 4, 4)  # (N, patch rows, patch cols)
+    assert m.tokenizer.n_tokens == 16
+    assert tokens[0, 0].tolist() == [0, 0, 0, 0]  # the top padding row
+    assert tokens[0, 1].tolist() == [0, 0, 1, 2]  # left padding column, then pixels 0..2
+    assert torch.equal(tokens[0, :, 2:], tokens[1, :, :2])  # overlap with the right neighbour
+    assert tokens[5, 1:3, 1:3].tolist() == [[18, 19], [26, 27]]  # row 1, col 1: pixels (2..3, 2..3)
 
 
 def test_pruned_level_equals_full_model_on_kept_set():

@@ -2,8 +2,20 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model.train import TrainConfig, load_checkpoint, shift_images, train
+from model.data import load_dataset, shift_images
+from model.nac import NAC_FAMILY
+from model.train import (
+    RECIPES,
+    TrainConfig,
+    distill_loss,
+    draw_levels,
+    load_checkpoint,
+    resolve,
+    step_loss,
+    train,
+)
 
 # lr high and no weight averaging: in four epochs the tiny model's loss visibly falls
 TINY = TrainConfig(dataset="digits", epochs=4, preset="tiny", batch_size=64, lr=1e-2, ema=0)
@@ -58,6 +70,67 @@ def test_missing_checkpoint_is_clear(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_recipe_fills_what_the_config_leaves_open():
+    data = load_dataset("digits")
+    cfg = resolve(TrainConfig(), data)
+    recipe = RECIPES["digits"]
+    assert (cfg.epochs, cfg.augment, cfg.warp, cfg.distill) == (
+        *(recipe.epochs, recipe.augment, recipe.warp, recipe.distill),
+    )
+    mine = resolve(TrainConfig(epochs=7, augment=2, warp=not recipe.warp, distill=0.5), data)
+    assert (mine.epochs, mine.augment, mine.warp, mine.distill) == (7, 2, not recipe.warp, 0.5)
+    assert resolve(TrainConfig(preset="tiny"), data).epochs == RECIPES["tiny"].epochs
+
+
+def test_draw_levels_with_and_without_distillation():
+    gen = torch.Generator().manual_seed(0)
+    plain = TrainConfig(sparsity_aware=False)
+    assert all(draw_levels(plain, gen) == [1.0] for _ in range(20))
+    one = [draw_levels(TrainConfig(distill=0.0), gen) for _ in range(200)]
+    assert all(len(d) == 1 for d in one) and {d[0] for d in one} == {1.0, 0.5, 0.25, 0.125}
+    two = [draw_levels(TrainConfig(distill=1.0), gen) for _ in range(200)]
+    assert all(d[0] == 1.0 and d[1] < 1 for d in two) and {d[1] for d in two} == {0.5, 0.25, 0.125}
+    assert draw_levels(TrainConfig(distill=1.0, levels=[1.0]), gen) == [1.0]  # nothing to distil into
+
+
+def test_distill_loss_is_zero_on_agreement_and_teaches_only_the_student():
+    teacher = torch.randn(8, 10, requires_grad=True)
+    assert distill_loss(teacher.detach().clone(), teacher).abs() < 1e-6
+    student = torch.zeros(8, 10, requires_grad=True)
+    loss = distill_loss(student, teacher, temperature=2.0)
+    loss.backward()
+    assert loss > 0 and student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None  # the full level is not pulled towards the pruned one
+    # the student's gradient points towards the teacher's distribution
+    with torch.no_grad():
+        moved = student - 10 * student.grad
+    assert distill_loss(moved, teacher, temperature=2.0) < loss
+
+
+def test_step_loss_adds_the_distillation_term():
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    from model.train import build_model
+
+    model = build_model(TrainConfig(preset="tiny"), data).eval()  # eval: no sampled edges
+    x, y = torch.from_numpy(data.train.x[:32]) / 16, torch.from_numpy(data.train.y[:32])
+    losses = {}
+    for distill in (0.0, 1.0, 5.0):
+        cfg = TrainConfig(preset="tiny", distill=distill, levels=[1.0, 0.25], label_smoothing=0.0)
+        gen = torch.Generator().manual_seed(1)
+        losses[distill], logits = step_loss(NAC_FAMILY, model, x, y, cfg, gen)
+        assert logits.shape == (32, 10)
+    # with distillation: CE(full) + CE(1/4) + w * KL(full || 1/4), from the same model
+    quarter = model.ranking()[: model.cfg.modules // 4]
+    full_logits, quarter_logits = model(x), model(x, quarter)
+    ce = F.cross_entropy(full_logits, y) + F.cross_entropy(quarter_logits, y)
+    kl = distill_loss(quarter_logits, full_logits)
+    assert kl > 0
+    torch.testing.assert_close(losses[1.0], ce + kl)
+    torch.testing.assert_close(losses[5.0], ce + 5 * kl)
+    assert losses[0.0] < losses[1.0]  # without it: one level, labels only
+
+
 def test_shift_images_moves_pixels_by_at_most_one():
     x = torch.zeros(50, 5, 5)
     x[:, 2, 2] = 1
@@ -67,3 +140,13 @@ def test_shift_images_moves_pixels_by_at_most_one():
     rows, cols = pos // 5, pos % 5
     assert y.sum() == 50 and rows.sub(2).abs().max() <= 1 and cols.sub(2).abs().max() <= 1
     assert len(set(pos.tolist())) > 1
+
+
+def test_shift_images_reaches_every_offset_up_to_max_shift():
+    x = torch.zeros(400, 7, 7)
+    x[:, 3, 3] = 1
+    y = shift_images(x, torch.Generator().manual_seed(0), max_shift=2)
+    pos = y.flatten(1).argmax(1)
+    offsets = {(int(p) // 7 - 3, int(p) % 7 - 3) for p in pos}
+    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    assert torch.equal(shift_images(x, torch.Generator().manual_seed(0), max_shift=0), x)
