@@ -37,6 +37,21 @@ class ProviderError(RuntimeError):
     """provider="cuda" was asked for but no session runs on CUDA."""
 
 
+# Where the NVIDIA driver shows its devices. Without one, asking onnxruntime-gpu for CUDA only prints
+# a red ERROR and a WARNING (libcublasLt not found) and falls back to CPU, so it is not asked at all.
+GPU_DEVICE_PATHS: tuple[Path, ...] = (Path("/proc/driver/nvidia/gpus"), Path("/dev/nvidia0"))
+
+
+def gpu_present(paths: Sequence[Path] | None = None) -> bool:
+    """True when the NVIDIA driver shows a device: a non-empty gpus directory or a device node."""
+    for path in GPU_DEVICE_PATHS if paths is None else paths:
+        if path.is_dir() and any(path.iterdir()):
+            return True
+        if path.exists() and not path.is_dir():
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     provider: str = "auto"  # auto | cpu | cuda
@@ -66,7 +81,13 @@ def create_session(
     file cannot change between its check and its use; `path` then only names it."""
     options = _options(config)
     source = str(path) if model is None else model
-    if config.provider in ("auto", "cuda") and CUDA in ort.get_available_providers():
+    gpu = gpu_present()
+    if config.provider == "cuda" and not gpu:
+        raise ProviderError(
+            f"provider 'cuda' asked for but this host shows no NVIDIA GPU "
+            f"(none of {', '.join(map(str, GPU_DEVICE_PATHS))}); use provider 'auto' or 'cpu'"
+        )
+    if config.provider in ("auto", "cuda") and gpu and CUDA in ort.get_available_providers():
         session = factory(source, options, providers=[CUDA, CPU])
         if session.get_providers()[0] == CUDA:
             return session

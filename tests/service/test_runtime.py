@@ -11,6 +11,7 @@ import pytest
 from service_helpers import asgi_client, make_settings
 
 from export.manifest import Manifest
+from service import runtime
 from service.app import create_app
 from service.errors import InferenceFailed
 from service.runtime import CPU, CUDA, LevelRunner, ProviderError, SessionConfig, create_session
@@ -39,9 +40,47 @@ class NoGpuSession(FakeGpuSession):
 
 
 @pytest.fixture
-def cuda_listed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """onnxruntime-gpu lists CUDA whether or not a GPU exists; make the CPU build do the same."""
-    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])  # the module runtime uses
+def cuda_listed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """onnxruntime-gpu lists CUDA whether or not a GPU exists; make the CPU build do the same, and
+    let the probe see a device node (the GPU itself is the only thing faked)."""
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    (tmp_path / "nvidia0").touch()
+    monkeypatch.setattr(runtime, "GPU_DEVICE_PATHS", (tmp_path / "nvidia0",))
+
+
+def test_the_probe_sees_a_gpu_only_where_the_driver_shows_one(tmp_path: Path) -> None:
+    gpus = tmp_path / "gpus"
+    gpus.mkdir()
+    assert not runtime.gpu_present([gpus, tmp_path / "nvidia0"])
+    (gpus / "0000:01:00.0").mkdir()
+    assert runtime.gpu_present([gpus])
+    (tmp_path / "nvidia0").touch()
+    assert runtime.gpu_present([tmp_path / "nvidia0"])
+
+
+def test_cuda_without_a_gpu_fails_with_one_clear_line(
+    bundle_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(runtime, "GPU_DEVICE_PATHS", (tmp_path / "absent",))
+    with pytest.raises(ProviderError, match="no NVIDIA GPU") as info:
+        create_session(level_path(bundle_path, manifest), SessionConfig("cuda"))
+    assert "\n" not in str(info.value)
+
+
+def test_a_real_server_start_on_a_cpu_host_prints_no_cuda_noise(bundle_path: Path, tmp_path: Path) -> None:
+    """provider auto, real serve() in a child process: no onnxruntime ERROR/WARNING about CUDA."""
+    from service_helpers import child_server
+
+    if runtime.gpu_present():
+        pytest.skip("this host has a GPU")
+    with child_server(bundle_path, tmp_path / "log", provider="auto", log_level="info") as child:
+        pass
+    out = child.output()
+    assert "Application startup complete" in out or "ready" in out.lower(), out
+    # onnxruntime tags its own lines [E:onnxruntime...] and [W:onnxruntime...]; ours say ERROR/WARNING
+    tags = ("[E:onnxruntime", "[W:onnxruntime", "ERROR", "WARNING")
+    noisy = [ln for ln in out.splitlines() if any(t in ln for t in tags) and "cuda" in ln.lower()]
+    assert not noisy, noisy
 
 
 def level_path(bundle_path: Path, manifest: Manifest) -> Path:
