@@ -17,9 +17,9 @@
   that same callback (no batching task to wake up in between).
 - With `inline_max_s` > 0 (the server sets it), a request that finds its level idle, and idle for
   longer than the level's last batch took (so nobody else is arriving), runs on the event loop
-  itself when that last batch took at most `inline_max_s`: at low load the hop to the thread and
-  back (two wake-ups) costs more than such a small run blocks the loop. Its deadline is checked
-  before it runs; a slow or stuck level keeps running on its thread.
+  itself when that last batch, at least as large as this request, took at most `inline_max_s`:
+  at low load the hop to the thread and back (two wake-ups) costs more than such a small run
+  blocks the loop. Its deadline is checked before it runs; a slow level keeps to its thread.
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ class Batcher:
         self._drained: asyncio.Event | None = None
         self.inline_max_s = inline_max_s
         self._last_compute_s = float("inf")  # of the last batch; no inline run before one finished
+        self._last_rows = 0  # and its size: a larger request is not known to be small enough
         self._idle_since = 0.0  # time.monotonic() when the last batch ended
         self._worker = _Worker(f"infer-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,13 +173,13 @@ class Batcher:
 
     def _inline_pays(self, n: int, now: float, max_wait_s: float | None) -> bool:
         """Run this request inline (see the module docstring): the level idle, nobody arriving,
-        no batching delay asked for, one batch's worth of rows, and a last batch that was small."""
+        no batching delay asked for, and a last batch at least this large that was fast."""
         return (
             self._last_compute_s <= self.inline_max_s
             and self.running_since is None
             and not self._queue
             and now - self._idle_since > self._last_compute_s
-            and n <= self.max_batch_size
+            and n <= self._last_rows
             and (self.max_delay_s <= 0 or max_wait_s == 0)
         )
 
@@ -193,7 +194,7 @@ class Batcher:
             raise InferenceFailed(f"{self.name}: inference failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._idle_since = time.monotonic()
-        self._last_compute_s = compute
+        self._last_compute_s, self._last_rows = compute, len(rows)
         if self._on_batch is not None:
             self._on_batch(len(rows), compute)
         return BatchResult(outputs, 0.0, compute, len(rows))
@@ -251,8 +252,8 @@ class Batcher:
         error: BaseException | None = future.exception()
         if error is None:
             outputs, compute = future.result()
-            self._last_compute_s = compute
             size, offset = sum(p.stop - p.start for p in parts), 0
+            self._last_compute_s, self._last_rows = compute, size
             if self._on_batch is not None:
                 self._on_batch(size, compute)
             for p in parts:

@@ -299,7 +299,7 @@ def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
     """After a fast batch, a request on the quiet level runs on the event loop: no thread hop."""
 
     async def test(b: Batcher, model: Model) -> None:
-        await b.submit(rows(1), deadline=soon())  # the first batch runs on the thread, and times it
+        await b.submit(rows(2), deadline=soon())  # the first batch runs on the thread, and times it
         await asyncio.sleep(0.01)  # idle for longer than that batch took
         threads: list[str] = []
         model_call = b._run
@@ -310,7 +310,13 @@ def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
         assert result.queue_s == 0 and result.batch_size == 2
         with pytest.raises(DeadlineExceeded):  # its deadline still holds
             await b.submit(rows(1), deadline=time.monotonic() - 1)
-        assert len(model.batches) == 2
+        model.gate.clear()  # a request larger than the last batch is not known to be small: thread
+        task = asyncio.create_task(b.submit(rows(3), deadline=soon()))
+        await asyncio.sleep(0)
+        assert b.running_since is not None
+        model.gate.set()
+        await task
+        assert len(model.batches) == 3
 
     run(test, max_delay_s=0.0, inline_max_s=1.0)
 
