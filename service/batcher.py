@@ -15,6 +15,11 @@
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
   The thread hands a finished batch back with one `call_soon_threadsafe`; the next batch is taken in
   that same callback (no batching task to wake up in between).
+- With `inline_max_s` > 0 (the server sets it), a request that finds its level idle, and idle for
+  longer than the level's last batch took (so nobody else is arriving), runs on the event loop
+  itself when that last batch, at least as large as this request, took at most `inline_max_s`:
+  at low load the hop to the thread and back (two wake-ups) costs more than such a small run
+  blocks the loop. Its deadline is checked before it runs; a slow level keeps to its thread.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class Batcher:
         on_batch: BatchObserver | None = None,
         retry_after: Callable[[], int] = lambda: 1,
         max_overrun_s: float | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.name = name
         self._run = run
@@ -103,6 +109,10 @@ class Batcher:
         self._closing = False
         self._stopped = False  # closed past its drain: late results are dropped
         self._drained: asyncio.Event | None = None
+        self.inline_max_s = inline_max_s
+        self._last_compute_s = float("inf")  # of the last batch; no inline run before one finished
+        self._last_rows = 0  # and its size: a larger request is not known to be small enough
+        self._idle_since = 0.0  # time.monotonic() when the last batch ended
         self._worker = _Worker(f"infer-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -145,6 +155,8 @@ class Batcher:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         now = time.monotonic()
+        if self._inline_pays(n, now, max_wait_s):
+            return self._inline(rows, deadline, now)
         wait = self.max_delay_s if max_wait_s is None else min(max_wait_s, self.max_delay_s)
         request = Request(rows, priority, deadline, now, now + max(0.0, wait), loop.create_future())
         self._queue.put(request)
@@ -159,6 +171,34 @@ class Batcher:
             raise
         finally:
             request.timer.cancel()
+
+    def _inline_pays(self, n: int, now: float, max_wait_s: float | None) -> bool:
+        """Run this request inline (see the module docstring): the level idle, nobody arriving,
+        no batching delay asked for, and a last batch at least this large that was fast."""
+        return (
+            self._last_compute_s <= self.inline_max_s
+            and self.running_since is None
+            and not self._queue
+            and now - self._idle_since > self._last_compute_s
+            and n <= self._last_rows
+            and (self.max_delay_s <= 0 or max_wait_s == 0)
+        )
+
+    def _inline(self, rows: np.ndarray, deadline: float, now: float) -> BatchResult:
+        if deadline <= now:
+            raise DeadlineExceeded(f"{self.name}: deadline passed before running")
+        try:
+            outputs, compute = self._timed(rows)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise InferenceFailed(f"{self.name}: inference failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._idle_since = time.monotonic()
+        self._last_compute_s, self._last_rows = compute, len(rows)
+        if self._on_batch is not None:
+            self._on_batch(len(rows), compute)
+        return BatchResult(outputs, 0.0, compute, len(rows))
 
     def _kick(self) -> None:
         """Start the next batch if the level is free and a batch is due."""
@@ -209,10 +249,12 @@ class Batcher:
         if self._stopped or parts is not self._running:
             return  # closed past its drain timeout; those requests got 503
         self._running, self.running_samples, self.running_since = [], 0, None
+        self._idle_since = time.monotonic()
         error: BaseException | None = future.exception()
         if error is None:
             outputs, compute = future.result()
             size, offset = sum(p.stop - p.start for p in parts), 0
+            self._last_compute_s, self._last_rows = compute, size
             if self._on_batch is not None:
                 self._on_batch(size, compute)
             for p in parts:

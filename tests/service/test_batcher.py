@@ -293,3 +293,43 @@ def test_close_past_its_timeout_fails_what_is_left_with_503() -> None:
         assert any(isinstance(r, Unavailable) for r in results)
 
     asyncio.run(main())
+
+
+def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
+    """After a fast batch, a request on the quiet level runs on the event loop: no thread hop."""
+
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(2), deadline=soon())  # the first batch runs on the thread, and times it
+        await asyncio.sleep(0.01)  # idle for longer than that batch took
+        threads: list[str] = []
+        model_call = b._run
+        b._run = lambda x: (threads.append(threading.current_thread().name), model_call(x))[1]
+        result = await b.submit(rows(2, 3), deadline=soon())
+        assert threads == [threading.current_thread().name]
+        np.testing.assert_array_equal(result.outputs["y"], rows(2, 6))
+        assert result.queue_s == 0 and result.batch_size == 2
+        with pytest.raises(DeadlineExceeded):  # its deadline still holds
+            await b.submit(rows(1), deadline=time.monotonic() - 1)
+        model.gate.clear()  # a request larger than the last batch is not known to be small: thread
+        task = asyncio.create_task(b.submit(rows(3), deadline=soon()))
+        await asyncio.sleep(0)
+        assert b.running_since is not None
+        model.gate.set()
+        await task
+        assert len(model.batches) == 3
+
+    run(test, max_delay_s=0.0, inline_max_s=1.0)
+
+
+def test_a_slow_level_keeps_running_on_its_thread() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(1), deadline=soon())  # 20 ms: over the inline limit
+        await asyncio.sleep(0.05)
+        model.gate.clear()
+        task = asyncio.create_task(b.submit(rows(1), deadline=soon()))
+        await asyncio.sleep(0)  # inline, it would be blocked on the gate right here, on the loop
+        assert b.running_since is not None
+        model.gate.set()
+        assert (await task).queue_s >= 0 and len(model.batches) == 2
+
+    run(test, max_delay_s=0.0, delay_s=0.02, inline_max_s=0.01)
