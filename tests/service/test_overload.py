@@ -113,7 +113,9 @@ def test_overload_sheds_answers_everyone_and_stays_flat(
     )
     assert set(statuses) <= {200, 429, 503, 504}, statuses  # nothing lost, nothing hanging, no 500
     assert statuses[200] > 0 and statuses[200] < total / 2, statuses  # served at capacity, shed the rest
-    assert statuses[429] > 0 and statuses[503] > 0  # both sheds: in-flight limit, full queue
+    # shed by the full queue (503) and/or the in-flight limit (429): which one binds first depends on
+    # how fast the loop turns 503s around on this machine; each has its own deterministic test
+    assert statuses[429] + statuses[503] > total / 2, statuses
     answers = {("/v2/health/live", 200), ("/v2/health/ready", 200), ("/v2/health/ready", 503)}
     assert set(out["health"]) <= answers, out["health"]
     assert sum(out["health"].values()) >= 2 * LOAD_S * 3  # answered throughout, not once at the end
