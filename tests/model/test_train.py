@@ -121,8 +121,8 @@ def test_step_loss_adds_the_distillation_term():
         losses[distill], logits = step_loss(NAC_FAMILY, model, x, y, cfg, gen)
         assert logits.shape == (32, 10)
     # with distillation: CE(full) + CE(1/4) + w * KL(full || 1/4), from the same model
-    quarter = model.ranking()[: model.cfg.modules // 4]
-    full_logits, quarter_logits = model(x), model(x, quarter)
+    quarter = NAC_FAMILY.ranking(model)[: NAC_FAMILY.units(model) // 4]
+    full_logits, quarter_logits = NAC_FAMILY.forward(model, x, None), NAC_FAMILY.forward(model, x, quarter)
     ce = F.cross_entropy(full_logits, y) + F.cross_entropy(quarter_logits, y)
     kl = distill_loss(quarter_logits, full_logits)
     assert kl > 0

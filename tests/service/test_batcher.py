@@ -303,7 +303,12 @@ def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
         await asyncio.sleep(0.01)  # idle for longer than that batch took
         threads: list[str] = []
         model_call = b._run
-        b._run = lambda x: (threads.append(threading.current_thread().name), model_call(x))[1]
+
+        def recording(x: np.ndarray) -> dict[str, np.ndarray]:
+            threads.append(threading.current_thread().name)
+            return model_call(x)
+
+        b._run = recording
         result = await b.submit(rows(2, 3), deadline=soon())
         assert threads == [threading.current_thread().name]
         np.testing.assert_array_equal(result.outputs["y"], rows(2, 6))

@@ -22,11 +22,13 @@ def _body_schema(doc: dict[str, Any], path: str) -> Draft202012Validator:
 
 @pytest.fixture(scope="module")
 def doc(client: TestClient) -> dict[str, Any]:
-    return client.get("/openapi.json").json()
+    document: dict[str, Any] = client.get("/openapi.json").json()
+    return document
 
 
 def _row(manifest: Manifest) -> list[Any]:
-    return sample_inputs(manifest, 1)[0].tolist()
+    row: list[Any] = sample_inputs(manifest, 1)[0].tolist()
+    return row
 
 
 def test_v2_bodies_the_schema_admits_are_served(

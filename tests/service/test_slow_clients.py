@@ -54,7 +54,7 @@ def _counts(address: str) -> Counter[str]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "circuitserve_requests_total":
-                counts[sample.labels["outcome"]] += sample.value
+                counts[sample.labels["outcome"]] += int(sample.value)
     return counts
 
 
