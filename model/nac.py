@@ -74,7 +74,6 @@ PRESETS: dict[str, dict[str, object]] = {
     # overfit digits' ~1,260 training images: 98.6% train against 90.6% validation accuracy)
     "large": dict(tokenizer="image", patch=2, modules=256, dim=96, layers=3, dropout=0.2),
     # the same size on MNIST-1D signals (the overload showcase: bench/plan.py)
-    "large-signal": dict(tokenizer="signal", patch=4, window=2, modules=256, dim=96, layers=3, dropout=0.1),
     "tiny": dict(modules=8, outputs=2, dim=16, sig_dim=8, layers=1, heads=2),  # tests
 }
 

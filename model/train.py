@@ -69,7 +69,6 @@ RECIPES = {
     "mnist1d": Recipe(epochs=40, augment=2),
     "features": Recipe(epochs=60),
     "large": Recipe(epochs=40),
-    "large-signal": Recipe(epochs=20),
     "tiny": Recipe(epochs=3),
 }
 
