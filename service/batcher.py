@@ -15,9 +15,10 @@
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
   The thread hands a finished batch back with one `call_soon_threadsafe`; the next batch is taken in
   that same callback (no batching task to wake up in between).
-- With `inline_max_s` > 0 (the server sets it), a request that finds its level idle, and idle for
-  longer than the level's last batch took (so nobody else is arriving), runs on the event loop
-  itself when that last batch, at least as large as this request, took at most `inline_max_s`:
+- With `inline_max_s` > 0 (opt-in; the server leaves it off, see service.loader), a request that
+  finds its level idle, and idle for longer than the level's last batch took (so nobody else is
+  arriving), runs on the event loop itself when that last batch, at least as large as this
+  request, took at most `inline_max_s`:
   at low load the hop to the thread and back (two wake-ups) costs more than such a small run
   blocks the loop. Its deadline is checked before it runs; a slow level keeps to its thread.
 """

@@ -27,10 +27,12 @@ from service.settings import Settings
 from service.v2_codec import encode_response, parse_request
 
 log = logging.getLogger(__name__)
-# A level whose last batch took at most this runs a lone request on the event loop (service.batcher):
-# the thread hop it saves costs 0.1-0.2 ms here (full: 0.6 ms, up to ~1.5 ms on a loaded machine);
-# longer runs would hold up every other request.
-INLINE_MAX_S = 0.002
+# A level whose last batch took at most this would run a lone request on the event loop
+# (service.batcher), saving the 0.1-0.2 ms thread hop. Off: a run that stalls inline (a session that
+# is fast until it is not) blocks the loop itself, health probes and the drain included, and the
+# stuck-session deadline cannot fire. The test suite's drain test caught it; the bench figures at
+# commit dde7cc4 were measured with it at 0.002.
+INLINE_MAX_S = 0.0
 
 
 class StartupError(RuntimeError):

@@ -73,7 +73,7 @@ async def sigterm_under_load(
             await asyncio.sleep(0.2)
         if queued_on is not None:  # the first runs, the rest wait behind it
             await until_queued(http, manifest.name, queued_on, len(slow) - 1)
-        await asyncio.sleep(0.2)  # the slow batches are running now
+        await asyncio.sleep(0.5)  # the slow batches are running now (margin for a loaded machine)
         child.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         async with httpx.AsyncClient(base_url=child.url, timeout=5) as probe:
@@ -105,7 +105,7 @@ def test_sigterm_drains_in_flight_work_and_exits_0(
 ) -> None:
     env: dict[str, Any] = {"drain_timeout_s": 4, "auth_token": TOKEN, "log_level": "info"}
     with child_server(bundle_path, tmp_path / "log", **env) as child:
-        slow = [body("full", sleep_s=1.2), body("1/2", sleep_s=1.2)]  # two levels, two threads
+        slow = [body("full", sleep_s=1.6), body("1/2", sleep_s=1.6)]  # two levels, two threads
         out = asyncio.run(sigterm_under_load(child, manifest, slow))
     assert out["unready_after"] < 0.5
     assert out["late"].status_code == 503 and "draining" in out["late"].json()["error"]
