@@ -109,7 +109,13 @@ def test_sigterm_drains_in_flight_work_and_exits_0(
         out = asyncio.run(sigterm_under_load(child, manifest, slow))
     assert out["unready_after"] < 0.5
     assert out["late"].status_code == 503 and "draining" in out["late"].json()["error"]
-    assert [r.status_code for r in out["answers"]] == [200, 200]  # running when signalled: finished
+    first, second = out["answers"]
+    assert first.status_code == 200, first.text  # running when signalled: finished
+    # the second one finished too, unless (on a loaded machine) it reached the server only after the
+    # signal: then it was refused as draining, never cut off mid-run
+    assert second.status_code == 200 or (
+        second.status_code == 503 and "draining" in second.json()["error"]
+    ), second.text
     assert out["code"] == 0 and 0.6 < out["exited_after"] < 2.5, out  # when done, not at the 4 s deadline
     assert set(out["seen"]) <= {200, 503, "refused"} and out["seen"][200] > 0, out["seen"]
     log = child.output()
