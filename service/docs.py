@@ -15,7 +15,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = "/docs/assets"  # swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js, favicon.png
-PAGES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+SCHEMA, SWAGGER, OAUTH2_REDIRECT, REDOC = "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"
+PAGES = frozenset({SWAGGER, OAUTH2_REDIRECT, REDOC, SCHEMA})
+FAVICON = f"{ASSETS}/favicon.png"
 _STATIC = Path(fastapi_offline.__file__).parent / "static"
 
 
@@ -29,27 +31,28 @@ def install_docs(app: FastAPI) -> None:
     app.mount(ASSETS, StaticFiles(directory=_STATIC), name="docs-assets")
     title = f"{app.title} API"
 
-    @app.get("/docs", include_in_schema=False)
+    # Two page builders of FastAPI's, each with its own asset arguments: alike in shape only.
+    @app.get(SWAGGER, include_in_schema=False)
     async def swagger() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json",
+            openapi_url=SCHEMA,
             title=title,
             swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS}/favicon.png",
-            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_favicon_url=FAVICON,
+            oauth2_redirect_url=OAUTH2_REDIRECT,
         )
 
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    @app.get(OAUTH2_REDIRECT, include_in_schema=False)
     async def oauth2_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
-    @app.get("/redoc", include_in_schema=False)
+    @app.get(REDOC, include_in_schema=False)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
-            openapi_url="/openapi.json",
+            openapi_url=SCHEMA,
             title=title,
             redoc_js_url=f"{ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{ASSETS}/favicon.png",
+            redoc_favicon_url=FAVICON,
             with_google_fonts=False,
         )
