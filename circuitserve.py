@@ -163,11 +163,16 @@ def serve(
 def bench(
     quick: Annotated[bool, typer.Option(help="small, fast run (used by the test suite)")] = False,
     out: Annotated[Path, typer.Option(help="where report.json and REPORT.md go")] = Path("bench"),
+    only: Annotated[
+        str | None,
+        typer.Option(help="comma-separated sections to rerun, merged into the report in OUT (e.g. peers)"),
+    ] = None,
 ) -> None:
     """Measure levels, serving overhead, peers and overload; write bench/report.json and REPORT.md."""
-    from bench.run import run_all
+    from bench.run import UsageError, run_all
 
-    run_all(out=out, quick=quick)
+    with user_errors(UsageError):  # an unknown section, or --only with no report to merge into
+        run_all(out=out, quick=quick, only=None if only is None else [s for s in only.split(",") if s])
 
 
 if __name__ == "__main__":

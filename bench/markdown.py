@@ -383,6 +383,15 @@ def closing(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _partial_runs(m: dict[str, Any]) -> list[str]:
+    """`circuitserve bench --only ...` reruns merged into this report, newest last."""
+    return [
+        f"Sections {', '.join(run['sections'])} were rerun by `--only` on {run['date']} "
+        f"(code {run['code_version']})."
+        for run in m.get("runs", [])
+    ]
+
+
 def render(r: dict[str, Any], images: dict[str, str]) -> str:
     m = r["meta"]
     lines = [
@@ -392,6 +401,7 @@ def render(r: dict[str, Any], images: dict[str, str]) -> str:
         f"command. Machine: {m['machine']}; Python {m['python']}, onnxruntime {m['onnxruntime']}. Server "
         f"settings: {m['server_settings']}. Every figure is in [report.json](report.json). Section wall "
         f"times (s): {m['section_seconds']}.",
+        *_partial_runs(m),
         "",
         *targets(r),
         *headline(r),

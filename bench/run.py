@@ -9,11 +9,14 @@ and bundles are cached under bench/out/ (see bench/build.py); server logs go to 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +31,7 @@ from bench.overhead import run_overhead
 from bench.overload import run_overload
 from bench.peers import run_peers
 from bench.plan import FULL, QUICK, Plan
+from export.manifest import Manifest
 from model.data import load_dataset
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -35,6 +39,10 @@ CACHE_ENV = "CIRCUITSERVE_BENCH_CACHE"
 EXAMPLES = 64  # distinct test examples the load generator sends in turn
 
 T = TypeVar("T")
+
+
+class UsageError(ValueError):
+    """A bench command that cannot run as asked (an unknown section; --only with nothing to merge into)."""
 
 
 def cache_dir() -> Path:
@@ -69,56 +77,98 @@ def _timed(name: str, seconds: dict[str, float], fn: Callable[[], T]) -> T:
         _log(f"{name} done in {seconds[name]:.0f} s")
 
 
-def measure(plan: Plan, cache: Path) -> dict[str, Any]:
-    """Run every section; the raw figures, keyed as in report.json."""
-    logs = cache / "logs"
+@dataclass
+class _Context:
+    """What the sections share: the plan, the cache, and the two served bundles, built on first use."""
+
+    plan: Plan
+    cache: Path
+    _bundles: dict[str, tuple[Path, Manifest]] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.cache / "logs"
+
+    def bundle(self, which: str) -> tuple[Path, Manifest, np.ndarray]:
+        """`which` is "small" (the served digits default) or "large" (the overload model)."""
+        spec = self.plan.serving if which == "small" else self.plan.overload
+        if which not in self._bundles:
+            self._bundles[which] = bundle(spec, self.cache)
+        path, manifest = self._bundles[which]
+        return path, manifest, examples(spec)
+
+
+def _overhead(c: _Context) -> dict[str, Any]:
+    return {which: run_overhead(c.plan, *c.bundle(which), c.logs) for which in ("small", "large")}
+
+
+def _peers(c: _Context) -> dict[str, Any]:
+    peers, scale_out = run_peers(c.plan, *c.bundle("small"), c.cache, c.logs)
+    return {"peers": peers, "scale_out": scale_out}
+
+
+def _levels(c: _Context) -> dict[str, Any]:
+    levels, models = run_levels(c.plan, c.cache)
+    return {"levels": levels, "models": models}
+
+
+# Each section: its name (for --only) -> what it measures, as report.json keys. In run order.
+SECTIONS: dict[str, Callable[[_Context], dict[str, Any]]] = {
+    "levels": _levels,
+    "accuracy": lambda c: {"accuracy": run_accuracy(c.plan, c.cache)},
+    "overhead": lambda c: {"overhead": _overhead(c)},
+    "peers": _peers,
+    "overload": lambda c: {"overload": run_overload(c.plan, *c.bundle("large"), c.logs)},
+    "latency_floor": lambda c: {"latency_floor": run_latency_floor(c.plan, *c.bundle("small"), c.logs)},
+}
+
+
+def measure(plan: Plan, cache: Path, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """Run the sections (all, or those in `only`); the raw figures, keyed as in report.json."""
+    names = list(SECTIONS) if only is None else list(only)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise UsageError(f"unknown bench section(s) {unknown}; the sections are {list(SECTIONS)}")
+    context = _Context(plan, cache)
     seconds: dict[str, float] = {}
     started = time.time()
     load_before = os.getloadavg()
-    levels, models = _timed("levels", seconds, lambda: run_levels(plan, cache))
-    accuracy = _timed("accuracy over seeds", seconds, lambda: run_accuracy(plan, cache))
-    small, small_manifest = bundle(plan.serving, cache)
-    large, large_manifest = _timed(
-        "building the overload model", seconds, lambda: bundle(plan.overload, cache)
-    )
-    small_x, large_x = examples(plan.serving), examples(plan.overload)
-    overhead = {
-        "small": _timed(
-            "overhead (small model)",
-            seconds,
-            lambda: run_overhead(plan, small, small_manifest, small_x, logs),
-        ),
-        "large": _timed(
-            "overhead (large model)",
-            seconds,
-            lambda: run_overhead(plan, large, large_manifest, large_x, logs),
-        ),
-    }
-    peers, scale_out = _timed(
-        "peers", seconds, lambda: run_peers(plan, small, small_manifest, small_x, cache, logs)
-    )
-    overload = _timed("overload", seconds, lambda: run_overload(plan, large, large_manifest, large_x, logs))
-    floor = _timed(
-        "latency floor", seconds, lambda: run_latency_floor(plan, small, small_manifest, small_x, logs)
-    )
-    return {
-        "meta": report.meta(plan, started, load_before, seconds),
-        "models": models,
-        "levels": levels,
-        "accuracy": accuracy,
-        "overhead": overhead,
-        "peers": peers,
-        "scale_out": scale_out,
-        "overload": overload,
-        "latency_floor": floor,
-    }
+    results: dict[str, Any] = {}
+    for name in names:
+        section = SECTIONS[name]
+        results.update(_timed(name, seconds, partial(section, context)))
+    return {"meta": report.meta(plan, started, load_before, seconds), **results}
 
 
-def run_all(out: Path = BENCH_DIR, quick: bool = False) -> dict[str, Any]:
-    """Measure everything and write report.json, REPORT.md and the plots into `out`."""
+def merge(previous: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """A partial run (--only) replaces its sections' keys in the previous report and keeps the rest.
+    meta records which sections each run measured, so the report says which figures are newer."""
+    meta = {**previous.get("meta", {}), **fresh["meta"]}
+    before = previous.get("meta", {})
+    meta["section_seconds"] = {**before.get("section_seconds", {}), **fresh["meta"]["section_seconds"]}
+    runs = list(before.get("runs", []))
+    fresh_meta = fresh["meta"]
+    sections = list(fresh_meta["section_seconds"])
+    runs.append(
+        {"date": fresh_meta["date"], "code_version": fresh_meta["code_version"], "sections": sections}
+    )
+    meta["runs"] = runs
+    derived = {"noise", "targets"}  # recomputed by report.write from the merged figures
+    kept = {k: v for k, v in previous.items() if k not in derived and k != "meta"}
+    return {**kept, **{k: v for k, v in fresh.items() if k != "meta"}, "meta": meta}
+
+
+def run_all(out: Path = BENCH_DIR, quick: bool = False, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """Measure every section (or those in `only`, merged into the report already in `out`) and write
+    report.json, REPORT.md and the plots into `out`."""
     plan = QUICK if quick else FULL
     out = output_dir(out, quick)
-    results = measure(plan, cache_dir())
+    previous = out / report.JSON_FILE
+    if only is not None and not previous.exists():
+        raise UsageError(f"--only merges into an existing {previous}; run the whole bench there once first")
+    results = measure(plan, cache_dir(), only)
+    if only is not None:
+        results = merge(json.loads(previous.read_text()), results)
     final = report.write(results, out)
     _log(f"report written to {out / report.JSON_FILE} and {out / report.MARKDOWN_FILE}")
     return final

@@ -420,3 +420,19 @@ def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None
     accuracy_targets = len(quick_report[0]["accuracy"])
     for t, o in zip(targets[accuracy_targets : accuracy_targets + 2], overhead.values(), strict=True):
         assert t["reached"] is (o["c64"]["throughput_ratio"] >= report.OVERHEAD_RATIO), (t, o["c64"])
+
+
+@pytest.mark.slow
+def test_only_reruns_one_section_and_keeps_the_others(quick_report: tuple[dict[str, Any], Path]) -> None:
+    from bench.run import UsageError, run_all
+
+    before, out = quick_report
+    with pytest.raises(UsageError, match="unknown bench section"):
+        run_all(out=out, quick=True, only=["no-such-section"])
+    after = run_all(out=out, quick=True, only=["latency_floor"])
+    for key in ("levels", "accuracy", "overhead", "peers", "overload"):
+        assert after[key] == before[key], key  # kept as they were
+    assert after["latency_floor"] != before["latency_floor"]  # measured again: timings differ
+    assert [run["sections"] for run in after["meta"]["runs"]] == [["latency_floor"]]
+    assert "rerun by `--only`" in (out / "REPORT.md").read_text()
+    assert json.loads((out / "report.json").read_text())["meta"]["runs"] == after["meta"]["runs"]
