@@ -73,10 +73,11 @@ def export_level(
 ) -> Level:
     """One level: prune, calibrate, export, check, measure."""
     total = family.units(model)
-    kept = levels.units_kept(total, fraction)
-    small = family.level(model, order[:kept])
+    kept, knobs = family.settings(model, fraction)
+    small = family.level(model, order[:kept], knobs)
     name, path = levels.name(fraction), directory / levels.file_name(fraction)
-    _log(f"level {name}: {kept} of {total} {family.unit}: exporting...")
+    extra = "".join(f", {k} {v}" for k, v in knobs.items())
+    _log(f"level {name}: {kept} of {total} {family.unit}{extra}: exporting...")
     temperature, val_before, val_after = calibrate(
         _logits(family.export_module(small, *norm, 1.0), val.x), val.y
     )

@@ -10,10 +10,12 @@ Shapes: B batch, U units; x is a raw or normalised batch (B, *input_shape).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from model.interpreter import INTERPRETER_FAMILY
 from model.nac import NAC_FAMILY
 
 
@@ -44,16 +46,23 @@ class Family(Protocol):
         """U: how many units the full model has."""
         ...
 
-    def ranking(self, model: nn.Module) -> Tensor:
-        """(U,) unit indices, the most important first: a level keeps a prefix of it."""
+    def ranking(self, model: nn.Module, x: Tensor | None = None) -> Tensor:
+        """(U,) unit indices, the most important first: a level keeps a prefix of it. `x`, a
+        normalised validation split, is for a family that ranks by what its units do on data
+        (after training); None: what the model alone says (during training)."""
+        ...
+
+    def settings(self, model: nn.Module, fraction: Fraction) -> tuple[int, dict[str, int]]:
+        """The level at a cost `fraction` of full: units kept, and its other knobs ({} if none)."""
         ...
 
     def forward(self, model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
         """Logits (B, classes) of the model running only the kept units (None: all)."""
         ...
 
-    def level(self, model: nn.Module, keep: Tensor) -> nn.Module:
-        """A new, smaller model holding only the kept units: what a level's graph is built from."""
+    def level(self, model: nn.Module, keep: Tensor, knobs: Mapping[str, int] | None = None) -> nn.Module:
+        """A new, smaller model holding only the kept units, at the other knobs' values (None:
+        the model's own): what a level's graph is built from."""
         ...
 
     def knobs(self, model: nn.Module) -> dict[str, int]:
@@ -70,7 +79,7 @@ class Family(Protocol):
         ...
 
 
-FAMILIES: dict[str, Family] = {NAC_FAMILY.name: NAC_FAMILY}
+FAMILIES: dict[str, Family] = {NAC_FAMILY.name: NAC_FAMILY, INTERPRETER_FAMILY.name: INTERPRETER_FAMILY}
 DEFAULT_FAMILY = NAC_FAMILY.name
 
 

@@ -6,6 +6,11 @@ module, so "full" and "1/2" mean the same everywhere. No torch, no numpy: the se
     fraction   name     file                 units kept of U
     1          "full"   level-full.onnx      U
     1/2        "1/2"    level-1_2.onnx       round(U / 2), at least 1
+
+A family with a second knob (a Neural Interpreter's iterations) names its levels the same way, by
+their cost relative to full: `split_evenly` spends a fraction 1/2^k on the knobs, each halving
+once in turn, so "1/4" of a (functions, iterations) family keeps half of each. NAC names do not
+change: with one knob a level's cost fraction is its keep fraction.
 """
 
 from __future__ import annotations
@@ -81,6 +86,29 @@ def units_kept(total: int, fraction: Fraction | float) -> int:
     if not 0 < fraction <= 1:
         raise LevelError(f"keep fraction must be in (0, 1], got {fraction}")
     return max(1, round(total * fraction))
+
+
+def split_evenly(fraction: Fraction, totals: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Knob values whose cost is `fraction` of full, for knobs that each cost linearly: a fraction
+    1/2^k is k halvings, taken by the knobs in turn (the first knob first) while a knob still
+    halves to a whole number. None if `fraction` is no power of 1/2 or the knobs run out.
+    (1/4, (8, 4)) -> (4, 2); (1/8, (8, 4)) -> (2, 2); (1/2, (8, 4)) -> (4, 4)."""
+    if not 0 < fraction <= 1:
+        raise LevelError(f"keep fraction must be in (0, 1], got {fraction}")
+    if fraction.numerator != 1 or fraction.denominator & (fraction.denominator - 1):
+        return None
+    values, halvings = list(totals), fraction.denominator.bit_length() - 1
+    turn = 0
+    while halvings:
+        for i in (*range(turn, len(values)), *range(turn)):
+            if values[i] % 2 == 0:
+                values[i] //= 2
+                halvings -= 1
+                turn = (i + 1) % len(values)
+                break
+        else:
+            return None
+    return tuple(values)
 
 
 DEFAULT_TEXT = to_text(DEFAULT)

@@ -17,11 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from model import levels
 
 Circuit = dict[str, Tensor]
 TokenizerKind = Literal["image", "signal", "features"]
@@ -415,13 +418,18 @@ class NACFamily:
     def units(self, model: nn.Module) -> int:
         return _nac(model).cfg.modules
 
-    def ranking(self, model: nn.Module) -> Tensor:
-        return _nac(model).ranking()
+    def ranking(self, model: nn.Module, x: Tensor | None = None) -> Tensor:
+        return _nac(model).ranking()  # out-degree: signatures alone, no data
+
+    def settings(self, model: nn.Module, fraction: Fraction) -> tuple[int, dict[str, int]]:
+        return levels.units_kept(_nac(model).cfg.modules, fraction), {}
 
     def forward(self, model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
         return _nac(model)(x, keep)
 
-    def level(self, model: nn.Module, keep: Tensor) -> nn.Module:
+    def level(self, model: nn.Module, keep: Tensor, knobs: Mapping[str, int] | None = None) -> nn.Module:
+        if knobs:
+            raise ValueError(f"a NAC level has no knobs besides its modules, got {dict(knobs)}")
         return _nac(model).prune(keep)
 
     def knobs(self, model: nn.Module) -> dict[str, int]:

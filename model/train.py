@@ -110,12 +110,13 @@ def level_accuracies(
     order: Tensor,
     fractions: list[float],
 ) -> dict[str, float]:
-    """Accuracy per level, keyed by level name ("full", "1/2")."""
-    total = family.units(model)
-    return {
-        levels.canonical(f): evaluate(family, model, split, mean, std, order[: levels.units_kept(total, f)])
-        for f in fractions
-    }
+    """Accuracy per level, keyed by level name ("full", "1/2"): each level's own smaller model,
+    its units and other knobs as the family sets them for that cost fraction (as export does)."""
+    out = {}
+    for f in fractions:
+        kept, knobs = family.settings(model, levels.parse(f))
+        out[levels.canonical(f)] = evaluate(family, family.level(model, order[:kept], knobs), split, mean, std)
+    return out
 
 
 def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
@@ -231,7 +232,8 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     if cfg.ema:  # the average generalises better than the last step's weights
         model.load_state_dict(ema.module.state_dict())
     model.eval()
-    outdegree = family.ranking(model)
+    # the ranking a level keeps a prefix of, from the validation split where the family reads data
+    outdegree = family.ranking(model, (torch.from_numpy(data.val.x) - mean) / std)
     random_order = torch.randperm(units, generator=torch.Generator().manual_seed(cfg.seed + 1))
     results = {
         "outdegree": level_accuracies(family, model, data.test, mean, std, outdegree, cfg.levels),

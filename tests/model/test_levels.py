@@ -56,3 +56,17 @@ def test_units_kept_rounds_and_keeps_one():
     assert levels.units_kept(10, Fraction(1, 4)) == 2  # 2.5 rounds to even, as before
     with pytest.raises(levels.LevelError):
         levels.units_kept(64, 0)
+
+
+def test_split_evenly_spends_a_cost_fraction_over_the_knobs_in_turn():
+    assert levels.split_evenly(Fraction(1), (8, 4)) == (8, 4)
+    assert levels.split_evenly(Fraction(1, 2), (8, 4)) == (4, 4)
+    assert levels.split_evenly(Fraction(1, 4), (8, 4)) == (4, 2)
+    assert levels.split_evenly(Fraction(1, 8), (8, 4)) == (2, 2)
+    assert levels.split_evenly(Fraction(1, 32), (8, 4)) == (1, 1)
+    assert levels.split_evenly(Fraction(1, 64), (8, 4)) is None  # the knobs run out
+    assert levels.split_evenly(Fraction(1, 4), (8, 1)) == (2, 1)  # a knob at 1 leaves it to the other
+    assert levels.split_evenly(Fraction(1, 3), (8, 4)) is None
+    assert levels.split_evenly(Fraction(1, 8), (64,)) == (8,)  # one knob: as units_kept
+    with pytest.raises(levels.LevelError):
+        levels.split_evenly(Fraction(0), (8,))
