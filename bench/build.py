@@ -28,6 +28,7 @@ class BundleSpec:
     """One trained model, exported in one module order."""
 
     dataset: str
+    family: str = "nac"  # model.families; the default leaves the NAC's cache keys as they were
     preset: str | None = None  # None: the dataset's own
     seed: int = 0  # the split and the initialisation
     epochs: int | None = None  # None: the preset's
@@ -38,6 +39,7 @@ class BundleSpec:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             dataset=self.dataset,
+            family=self.family,
             seed=self.seed,
             preset=self.preset,
             epochs=self.epochs,
@@ -53,9 +55,13 @@ class BundleSpec:
     def with_seed(self, seed: int) -> BundleSpec:
         return replace(self, seed=seed)
 
+    def with_family(self, family: str) -> BundleSpec:
+        return replace(self, family=family)
+
     @property
     def label(self) -> str:
-        base = self.name or "-".join(p for p in (self.dataset, self.preset) if p)
+        family = "" if self.family == "nac" else self.family
+        base = self.name or "-".join(p for p in (self.dataset, family, self.preset) if p)
         base += f"-seed{self.seed}" if self.seed else ""
         return base if self.sparsity_aware else f"{base}-plain"
 

@@ -343,6 +343,49 @@ def latency_floor(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _knobs(knobs: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in knobs.items()) or "–"
+
+
+def families(r: dict[str, Any]) -> list[str]:
+    """Every registered family per dataset and level (bench/families.py)."""
+    if "families" not in r:
+        return []
+    lines = [
+        "## 1c. Families side by side",
+        "",
+        "Each family's levels, named by cost relative to full; accuracy as mean ± std over the seeds "
+        "listed (checkpoints, torch), FLOPs from the exported levels, latency from onnxruntime on "
+        "seed 0's bundle. Random order: the same checkpoints, units kept in a random order.",
+        "",
+    ]
+    for family, per_dataset in r["families"].items():
+        for ds, f in per_dataset.items():
+            seeds = ", ".join(str(s) for s in f["seeds"])
+            train_s = ", ".join(f"{t:.0f}" for t in f["train_seconds"])
+            small = f["smallest_units_level"]
+            lines += [
+                f"**{family} on {ds}**: {f['units']} {f['unit']}, knobs {_knobs(f['knobs'])}, {f['epochs']} "
+                f"epochs, seeds {seeds}, training {train_s} s per seed, onnxruntime with "
+                f"{f['onnxruntime_threads']} threads. Fewest {f['unit']} ({small}): ranked "
+                f"{spread(f['levels'][small]['accuracy'])}, random "
+                f"{spread(f['levels'][small]['accuracy_random_order'])}.",
+                "",
+                f"| level | {f['unit']} | knobs | accuracy | random order | FLOPs vs full | ms @1 | ms @128 "
+                "| speedup @1 | speedup @128 |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+                *(
+                    f"| {name} | {lv['units']} | {_knobs(lv['knobs'])} | {spread(lv['accuracy'])} | "
+                    f"{spread(lv['accuracy_random_order'])} | {_fmt(lv['flops_fraction'])} | "
+                    f"{_fmt(lv['latency_ms_b1'])} | {_fmt(lv['latency_ms_b128'])} | {_fmt(lv['speedup_b1'])} | "
+                    f"{_fmt(lv['speedup_b128'])} |"
+                    for name, lv in f["levels"].items()
+                ),
+                "",
+            ]
+    return lines
+
+
 def targets(r: dict[str, Any]) -> list[str]:
     mark = {True: "reached", False: "**not reached**", None: "not measured"}
     columns: list[Column] = [
@@ -409,6 +452,7 @@ def render(r: dict[str, Any], images: dict[str, str]) -> str:
     sections = (
         (levels, "levels"),
         (accuracy, "accuracy"),
+        (families, "families"),
         (overhead, "overhead"),
         (peers, "peers"),
         (overload, "overload"),

@@ -42,6 +42,8 @@ class Plan:
     overload_s: float  # one open-loop phase
     overload_factors: tuple[int, ...]
     budget_ms: float  # the latency budget every overload request carries
+    family_seeds: tuple[int, ...] = (0, 1, 2)  # families section: each family's model once per seed
+    families: tuple[str, ...] | None = None  # families section: None, every registered family
 
 
 FULL = Plan(
@@ -89,4 +91,5 @@ QUICK = Plan(
     overload_s=1.0,
     overload_factors=FULL.overload_factors,
     budget_ms=50.0,
+    family_seeds=(0,),
 )

@@ -31,6 +31,12 @@ OVERLOAD_ACCURACY_GAP = 0.03
 # issue 15: full-level test accuracy (mean over seeds) to reach, and the most any level may lose to it
 ACCURACY_GOALS = {"digits": 0.985, "mnist1d": 0.965}
 LEVEL_WITHIN = 0.01
+# issue 16: a new family against the NAC on the same splits
+FAMILY_FULL_WITHIN = 0.01  # the full level within 1 point of the NAC's full
+FAMILY_CHEAP_FLOPS = 0.25  # a level at <= 1/4 of full's FLOPs ...
+FAMILY_CHEAP_WITHIN = 0.02  # ... within 2 points of full ...
+FAMILY_CHEAP_SPEEDUP = 3.0  # ... and at least 3x faster at batch 128
+FAMILY_TRAIN_SECONDS = 300.0  # default training on this 2-core machine
 PEER_GOAL = f"≥ {PEER_RATIO:.0f}x the throughput of the better peer at concurrency 64, with lower p99"
 
 
@@ -243,6 +249,80 @@ def _accuracy_target(name: str, a: dict[str, Any]) -> dict[str, Any]:
     return _target(f"accuracy ({name})", goal, measured, reached, "" if reached else why)
 
 
+def _family_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's numbers for every family but the NAC, on every dataset: against the NAC's full
+    level in this report (its families entry, else the accuracy section) on the same splits."""
+    out = []
+    for family, per_dataset in r.get("families", {}).items():
+        if family == "nac":
+            continue
+        for ds, f in per_dataset.items():
+            name, lv = f"{family} ({ds})", f["levels"]
+            full = lv["full"]["accuracy"]["mean"]
+            seeds = f"seeds {', '.join(map(str, f['seeds']))}"
+            nac = r.get("families", {}).get("nac", {}).get(ds, {}).get("levels", {}).get("full", {})
+            nac_full = nac.get("accuracy", {}).get("mean")
+            if nac_full is None:
+                nac_full = r.get("accuracy", {}).get(ds, {}).get("levels", {}).get("full", {}).get("mean")
+            goal = f"full within {FAMILY_FULL_WITHIN * 100:.0f} point of the NAC's full"
+            if nac_full is None:
+                out.append(_target(f"{name}: full level", goal, "not measured", None, "no NAC figures"))
+            else:
+                ok = full >= nac_full - FAMILY_FULL_WITHIN
+                measured = f"{full:.2%} ({seeds}) against the NAC's {nac_full:.2%}"
+                out.append(_target(f"{name}: full level", goal, measured, ok, "" if ok else "below the NAC"))
+            cheap = [
+                (k, v)
+                for k, v in lv.items()
+                if v["flops_fraction"] is not None and v["flops_fraction"] <= FAMILY_CHEAP_FLOPS
+            ]
+            goal = (
+                f"a level at <= 1/4 of full's FLOPs within {FAMILY_CHEAP_WITHIN * 100:.0f} points of full and "
+                f">= {FAMILY_CHEAP_SPEEDUP:.0f}x faster at batch 128"
+            )
+            good = [
+                k
+                for k, v in cheap
+                if full - v["accuracy"]["mean"] <= FAMILY_CHEAP_WITHIN + 1e-9
+                and v["speedup_b128"] >= FAMILY_CHEAP_SPEEDUP
+            ]
+            measured = "; ".join(
+                f"{k}: FLOPs {v['flops_fraction']:.3f}, {v['accuracy']['mean']:.2%}, {v['speedup_b128']:.1f}x"
+                for k, v in cheap
+            )
+            out.append(
+                _target(
+                    f"{name}: a cheap level",
+                    goal,
+                    measured or "no level at <= 1/4 of the FLOPs",
+                    bool(good) if cheap else False,
+                    "" if good else "the cheap levels lose too much or are not fast enough",
+                )
+            )
+            small = lv[f["smallest_units_level"]]
+            ranked, rnd = small["accuracy"]["mean"], small["accuracy_random_order"]["mean"]
+            out.append(
+                _target(
+                    f"{name}: ranked order at the fewest {f['unit']}",
+                    "beats random order",
+                    f"{f['smallest_units_level']}: ranked {ranked:.2%}, random {rnd:.2%} ({seeds})",
+                    ranked > rnd,
+                    "" if ranked > rnd else "the ranking does not pick better units than chance",
+                )
+            )
+            wall = statistics.fmean(f["train_seconds"])
+            out.append(
+                _target(
+                    f"{name}: default training",
+                    f"<= {FAMILY_TRAIN_SECONDS / 60:.0f} minutes on this machine",
+                    f"{wall:.0f} s wall (mean over {seeds}; single-threaded torch, machine shared)",
+                    wall <= FAMILY_TRAIN_SECONDS,
+                    "" if wall <= FAMILY_TRAIN_SECONDS else "slower than the goal (see the machine's load)",
+                )
+            )
+    return out
+
+
 def noise(r: dict[str, Any]) -> dict[str, Any]:
     """How much circuitserve's own throughput at concurrency 64 moved across its repeated runs in the
     peers section (same model, same settings): differences smaller than this are noise."""
@@ -266,6 +346,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         _scale_out_target(r),
         _overload_target(r),
         *_floor_targets(r),
+        *_family_targets(r),
     ]
 
 

@@ -3,7 +3,8 @@
 Sections: levels (accuracy/latency trade-off), accuracy (mean ± std over seeds, beside scikit-learn
 baselines on the same splits), overhead (server vs raw onnxruntime), peers (LitServe, BentoML),
 overload (open loop at 1x/2x/4x capacity with a latency budget), latency floor (one request at low
-load per level, against a bare ASGI app and raw onnxruntime; largest-request memory). Trained models
+load per level, against a bare ASGI app and raw onnxruntime; largest-request memory), families (every
+registered model family per level, over seeds, ranked against random unit order). Trained models
 and bundles are cached under bench/out/ (see bench/build.py); server logs go to bench/out/logs/.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 from bench import report
 from bench.accuracy import run_accuracy
 from bench.build import BundleSpec, bundle
+from bench.families import run_families
 from bench.latency_floor import run_latency_floor
 from bench.levels import run_levels
 from bench.overhead import run_overhead
@@ -120,6 +122,7 @@ SECTIONS: dict[str, Callable[[_Context], dict[str, Any]]] = {
     "peers": _peers,
     "overload": lambda c: {"overload": run_overload(c.plan, *c.bundle("large"), c.logs)},
     "latency_floor": lambda c: {"latency_floor": run_latency_floor(c.plan, *c.bundle("small"), c.logs)},
+    "families": lambda c: {"families": run_families(c.plan, c.cache)},
 }
 
 

@@ -28,3 +28,22 @@ def trained_bundle(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_bundle(trained_checkpoint, out, TINY_LEVELS, name="tiny")
     return out
+
+
+@pytest.fixture(scope="session")
+def interpreter_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Neural Interpreter trained on digits for one epoch (the second family)."""
+    from model.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ni-ckpt")
+    train(TrainConfig(dataset="digits", family="interpreter", epochs=1, preset="tiny", batch_size=128), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def interpreter_bundle(interpreter_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.build import export_bundle
+
+    out = tmp_path_factory.mktemp("ni-bundles") / "tiny-ni"
+    export_bundle(interpreter_checkpoint, out, TINY_LEVELS, name="tiny-ni")
+    return out
