@@ -33,7 +33,9 @@ def run_family(plan: Plan, spec: BundleSpec, cache: Path) -> dict[str, Any]:
     ranked = [_by_level(m["test_accuracy"]["outdegree"]) for m in metas]
     random_order = [_by_level(m["test_accuracy"]["random"]) for m in metas]
     paths = {lv.name: path / lv.file for lv in manifest.sorted_levels()}
-    timings = level_latency(paths, manifest.input.shape[1:], manifest.profile.intra_op_threads, plan.profile_s)
+    timings = level_latency(
+        paths, manifest.input.shape[1:], manifest.profile.intra_op_threads, plan.profile_s
+    )
     full = manifest.sorted_levels()[0]
     table: dict[str, Any] = {}
     for lv in manifest.sorted_levels():

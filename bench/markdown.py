@@ -377,8 +377,8 @@ def families(r: dict[str, Any]) -> list[str]:
                 *(
                     f"| {name} | {lv['units']} | {_knobs(lv['knobs'])} | {spread(lv['accuracy'])} | "
                     f"{spread(lv['accuracy_random_order'])} | {_fmt(lv['flops_fraction'])} | "
-                    f"{_fmt(lv['latency_ms_b1'])} | {_fmt(lv['latency_ms_b128'])} | {_fmt(lv['speedup_b1'])} | "
-                    f"{_fmt(lv['speedup_b128'])} |"
+                    f"{_fmt(lv['latency_ms_b1'])} | {_fmt(lv['latency_ms_b128'])} | "
+                    f"{_fmt(lv['speedup_b1'])} | {_fmt(lv['speedup_b128'])} |"
                     for name, lv in f["levels"].items()
                 ),
                 "",

@@ -277,8 +277,8 @@ def _family_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 if v["flops_fraction"] is not None and v["flops_fraction"] <= FAMILY_CHEAP_FLOPS
             ]
             goal = (
-                f"a level at <= 1/4 of full's FLOPs within {FAMILY_CHEAP_WITHIN * 100:.0f} points of full and "
-                f">= {FAMILY_CHEAP_SPEEDUP:.0f}x faster at batch 128"
+                f"a level at <= 1/4 of full's FLOPs within {FAMILY_CHEAP_WITHIN * 100:.0f} points of full "
+                f"and >= {FAMILY_CHEAP_SPEEDUP:.0f}x faster at batch 128"
             )
             good = [
                 k

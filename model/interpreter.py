@@ -94,7 +94,8 @@ class ModLin(nn.Module):
         return F.layer_norm(m, m.shape[-1:]).unsqueeze(1)
 
     def forward(self, x: Tensor, codes: Tensor) -> Tensor:  # (B, 1 or U, N, din) -> (B, U, N, dout)
-        return self.fc(x * self.modulation(codes))
+        y: Tensor = self.fc(x * self.modulation(codes))
+        return y
 
 
 def compatibility(types: Tensor, sig: Tensor, sigma: Tensor, tau: float, straight_through: bool) -> Tensor:
@@ -146,9 +147,9 @@ class LOC(nn.Module):
         att = att * pair
         att = att / (att.sum(dim=-1, keepdim=True) + ROUTE_EPS)
         out = (att @ v).transpose(2, 3).reshape(b, -1, n, x.shape[-1])  # (B, U, N, D)
-        a = x.unsqueeze(1) + r * self.drop(self.o(out, codes))  # (B, U, N, D)
-        mlp = self.down(F.gelu(self.up(self.ln2(a), codes)), codes)
-        delta = a + r * self.drop(mlp) - x.unsqueeze(1)  # y_ui - x_i
+        a: Tensor = x.unsqueeze(1) + r * self.drop(self.o(out, codes))  # (B, U, N, D)
+        mlp: Tensor = self.down(F.gelu(self.up(self.ln2(a), codes)), codes)
+        delta: Tensor = a + r * self.drop(mlp) - x.unsqueeze(1)  # y_ui - x_i
         return x + (r * delta).sum(dim=1)
 
 
@@ -216,7 +217,8 @@ class Interpreter(nn.Module):
                 self.mass.lerp_(routed.mean(0), 0.05)
         if mass:
             return routed
-        return self.head(self.ln_head(h[:, : self.cfg.cls_tokens].mean(1)))
+        logits: Tensor = self.head(self.ln_head(h[:, : self.cfg.cls_tokens].mean(1)))
+        return logits
 
     def ranking(self) -> Tensor:
         """Functions by routed mass, most first (the running mean kept by training)."""

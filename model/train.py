@@ -119,7 +119,9 @@ def level_accuracies(
     out = {}
     for f in fractions:
         kept, knobs = family.settings(model, levels.parse(f))
-        out[levels.canonical(f)] = evaluate(family, family.level(model, order[:kept], knobs), split, mean, std)
+        out[levels.canonical(f)] = evaluate(
+            family, family.level(model, order[:kept], knobs), split, mean, std
+        )
     return out
 
 

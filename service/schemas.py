@@ -102,7 +102,7 @@ class LevelInfo(BaseModel):
     accuracy: float
     units: int = Field(description="Units of the model's family kept at this level (ModelInfo.unit).")
     knobs: dict[str, int] = Field(
-        default_factory=dict, description='The family\'s other settings at this level, e.g. {"iterations": 2}.'
+        default_factory=dict, description="The family's other settings at this level, e.g. iterations."
     )
     params: int
     flops: int

@@ -306,6 +306,7 @@ def test_quick_report_files(quick_report: tuple[dict[str, Any], Path]) -> None:
     assert set(report) == {
         *("meta", "models", "levels", "accuracy", "overhead", "peers", "scale_out", "overload"),
         "latency_floor",
+        "families",
         *("noise", "targets"),
     }
 
@@ -404,9 +405,33 @@ def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -
 
 
 @pytest.mark.slow
+def test_quick_report_families(quick_report: tuple[dict[str, Any], Path]) -> None:
+    from model.families import FAMILIES
+
+    families = quick_report[0]["families"]
+    assert set(families) == set(FAMILIES)  # every registered family, none named in bench/
+    for per_dataset in families.values():
+        f = per_dataset["digits"]
+        assert list(f["levels"]) == ["full", "1/2", "1/4", "1/8"] and f["seeds"] == [0]
+        assert f["levels"]["full"]["flops_fraction"] == 1.0 and f["levels"]["full"]["speedup_b128"] == 1.0
+        for lv in f["levels"].values():
+            assert _fraction(lv["accuracy"]["mean"]) and _fraction(lv["accuracy_random_order"]["mean"])
+            assert _number(lv["latency_ms_b128"]) and lv["units"] >= 1
+        assert f["levels"][f["smallest_units_level"]]["units"] == min(
+            lv["units"] for lv in f["levels"].values()
+        )
+    assert families["interpreter"]["digits"]["levels"]["1/4"]["knobs"] == {"iterations": 1}
+    assert "## 1c. Families side by side" in (quick_report[1] / "REPORT.md").read_text()
+
+
+@pytest.mark.slow
 def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None:
     targets = quick_report[0]["targets"]
-    assert len(targets) == 8  # accuracy (digits), overhead x2, peers, peers at scale-out, overload, floor x2
+    from model.families import FAMILIES
+
+    # accuracy (digits), overhead x2, peers, peers at scale-out, overload, floor x2; then four per
+    # family besides the NAC and dataset (full vs the NAC, a cheap level, ranked vs random, training)
+    assert len(targets) == 8 + 4 * (len(FAMILIES) - 1) * len(quick_report[0]["accuracy"])
     for t in targets:
         assert t["goal"] and t["measured"]
         # judged exactly when measured: None only beside "not measured", a bool otherwise

@@ -102,7 +102,7 @@ def test_level_model_matches_forward_on_kept_functions_and_iterations():
     torch.testing.assert_close(family.forward(small, x, None), model(x, keep, 2))
     again = family.from_config(family.config(model))
     assert family.config(again) == family.config(model)
-    with pytest.raises(ValueError, match="iterations must be in 1..4"):
+    with pytest.raises(ValueError, match=r"iterations must be in 1\.\.4"):
         family.level(model, keep, {"iterations": 5})
 
 
