@@ -70,6 +70,10 @@ RECIPES = {
     "features": Recipe(epochs=60),
     "large": Recipe(epochs=40),
     "tiny": Recipe(epochs=3),
+    # a family's own recipe for a preset, where it differs ("family/preset"). NFM on digits: seed 0's
+    # validation accuracy is 1.0 by epoch 20 of 100; 30 keep the default training short
+    "nfm/digits": Recipe(epochs=30, warp=True),
+    "nfm/mnist1d": Recipe(epochs=30, augment=2),
 }
 
 
@@ -136,7 +140,8 @@ def _progress(epoch: int, epochs: int, loss: float, acc: float, val: float, star
 
 def resolve(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """`cfg` with every field it leaves open (None) taken from its preset's recipe."""
-    recipe = RECIPES[cfg.preset or data.preset]
+    preset = cfg.preset or data.preset
+    recipe = RECIPES.get(f"{cfg.family}/{preset}", RECIPES[preset])
     return replace(
         cfg,
         epochs=cfg.epochs or recipe.epochs,
@@ -231,7 +236,10 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     if cfg.ema:  # the average generalises better than the last step's weights
         model.load_state_dict(ema.module.state_dict())
     model.eval()
-    outdegree = family.ranking(model)
+    if isinstance(family, families.RanksOnData):  # measured on the validation split, never the test's
+        x_val, y_val = (torch.from_numpy(data.val.x) - mean) / std, torch.from_numpy(data.val.y)
+        family.rank_on(model, x_val, y_val)
+    outdegree = family.ranking(model)  # the family's own order (out-degree for a NAC)
     random_order = torch.randperm(units, generator=torch.Generator().manual_seed(cfg.seed + 1))
     results = {
         "outdegree": level_accuracies(family, model, data.test, mean, std, outdegree, cfg.levels),
