@@ -100,7 +100,8 @@ class Layer(nn.Module):
 
 
 def resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """A stored state at another layer's resolution: average-pooled down, nearest-neighbour up.
+    """A stored state at another layer's resolution: average-pooled down by whole factors (the
+    presets' strides), nearest-neighbour otherwise.
     (B, C, *grid) -> (B, C, *size)"""
     grid = tuple(x.shape[2:])
     if grid == tuple(size):
@@ -108,10 +109,7 @@ def resize(x: Tensor, size: Sequence[int]) -> Tensor:
     if all(g % s == 0 for g, s in zip(grid, size, strict=True)):  # down by whole factors
         factor = tuple(g // s for g, s in zip(grid, size, strict=True))
         return F.avg_pool2d(x, factor, factor) if x.dim() == 4 else F.avg_pool1d(x, factor, factor)
-    if all(g >= s for g, s in zip(grid, size, strict=True)):
-        pool = F.adaptive_avg_pool2d if x.dim() == 4 else F.adaptive_avg_pool1d
-        return pool(x, tuple(size))
-    return F.interpolate(x, size=tuple(size), mode="nearest")
+    return F.interpolate(x, size=tuple(size), mode="nearest")  # up, or down by an uneven factor
 
 
 def top_k_attention(w: Tensor, k: int) -> Tensor:
@@ -144,7 +142,8 @@ class Read(nn.Module):
         null = torch.zeros_like(scores[..., :1])  # the null slot: key 0 (score 0), value 0
         w = top_k_attention(torch.softmax(torch.cat([scores, null], -1), -1), self.top_k)
         read = torch.einsum("bhps,bheps->bhep", w[..., :-1], values)  # the null's value adds nothing
-        return h + self.gamma * self.out(read.reshape(b, nh * e, *grid))
+        f: Tensor = self.out(read.reshape(b, nh * e, *grid))
+        return h + self.gamma * f
 
 
 class Head(nn.Module):
@@ -156,7 +155,8 @@ class Head(nn.Module):
         self.fc = nn.Linear(width * positions, cfg.num_classes)
 
     def forward(self, h: Tensor) -> Tensor:  # (B, C, *grid) -> (B, classes)
-        return self.fc(self.drop(h.flatten(1)))
+        logits: Tensor = self.fc(self.drop(h.flatten(1)))
+        return logits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,14 +232,16 @@ class NFM(nn.Module):
             h = layer(h)
             states.append(h)
         if not reads:  # the pass-1-only level: pass 2 never runs
-            return self.head1(h)
+            answer1: Tensor = self.head1(h)
+            return answer1
         memory = [(k(s), v(s)) for k, v, s in zip(self.keys, self.values, states, strict=True)]
         h = x
         for i, layer in enumerate(self.pass2):  # pass 2, reading pass 1's memory
             h = layer(h)
             if i in reads:
                 h = self.reads[str(i)](h, memory)
-        return self.head2(h)
+        answer2: Tensor = self.head2(h)
+        return answer2
 
     # --- levels -----------------------------------------------------------------------------
 
@@ -284,9 +286,7 @@ def flops_per_example(model: NFM) -> int:
     kv, s = cfg.heads * cfg.key_dim, len(cfg.strides)
 
     def stack(width: int) -> int:
-        return sum(
-            math.prod(g) * k * (cin if i == 0 else width) * width for i, g in enumerate(model.grids)
-        )
+        return sum(math.prod(g) * k * (cin if i == 0 else width) * width for i, g in enumerate(model.grids))
 
     positions = math.prod(model.grids[-1])
     macs = stack(cfg.width1)

@@ -101,6 +101,9 @@ class LevelInfo(BaseModel):
     keep_fraction: float
     accuracy: float
     units: int = Field(description="Units of the model's family kept at this level (ModelInfo.unit).")
+    knobs: dict[str, int] = Field(
+        default_factory=dict, description='The family\'s other settings at this level, e.g. {"passes": 1}.'
+    )
     params: int
     flops: int
     latency_ms: dict[int, float] = Field(description="Profiled median compute per batch size.")
