@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model import families
-from model.nfm import NFM, PRESETS, NFMConfig, rank_reads, top_k_attention
+from model.nfm import NFM, PRESETS, NFMConfig, Read, rank_reads, top_k_attention
 
 
 def tiny(input_shape=(8, 8), kind="image", **kw) -> NFM:
@@ -17,6 +17,7 @@ def open_reads(model: NFM) -> None:
     """Gates at 0 make every read the identity: open them so reads change the answer."""
     with torch.no_grad():
         for read in model.reads.values():
+            assert isinstance(read, Read)
             read.gamma.fill_(1.0)
 
 
@@ -134,7 +135,9 @@ def test_ranking_puts_pass_1_first_then_reads_by_their_effect_on_loss():
     m = tiny(strides=(1, 2, 1))
     assert m.ranking().tolist() == [0, 1, 2, 3]  # before it is measured
     with torch.no_grad():  # only the read of layer 2 (unit 3) is open: only it changes the loss
-        m.reads["2"].gamma.fill_(5.0)
+        read = m.reads["2"]
+        assert isinstance(read, Read)
+        read.gamma.fill_(5.0)
     x, y = torch.randn(64, 8, 8), torch.randint(0, 5, (64,))
     with torch.no_grad():
         base = torch.nn.functional.cross_entropy(m(x), y)
