@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from model.interpreter import INTERPRETER_FAMILY
 from model.nac import NAC_FAMILY
+from model.nfm import NFM_FAMILY
 
 
 class Family(Protocol):
@@ -79,7 +80,22 @@ class Family(Protocol):
         ...
 
 
-FAMILIES: dict[str, Family] = {NAC_FAMILY.name: NAC_FAMILY, INTERPRETER_FAMILY.name: INTERPRETER_FAMILY}
+@runtime_checkable
+class RanksOnData(Protocol):
+    """A family whose ranking is measured on data rather than read off the weights (an NFM ranks
+    its reads by their effect on validation loss): model.train calls `rank_on` once after training,
+    and `ranking` answers the stored order from then on."""
+
+    def rank_on(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """(U,) unit indices, the most important first, measured on normalised x and labels y."""
+        ...
+
+
+FAMILIES: dict[str, Family] = {
+    NAC_FAMILY.name: NAC_FAMILY,
+    INTERPRETER_FAMILY.name: INTERPRETER_FAMILY,
+    NFM_FAMILY.name: NFM_FAMILY,
+}
 DEFAULT_FAMILY = NAC_FAMILY.name
 
 

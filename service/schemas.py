@@ -102,7 +102,8 @@ class LevelInfo(BaseModel):
     accuracy: float
     units: int = Field(description="Units of the model's family kept at this level (ModelInfo.unit).")
     knobs: dict[str, int] = Field(
-        default_factory=dict, description="The family's other settings at this level, e.g. iterations."
+        default_factory=dict,
+        description='The family\'s other settings at this level, e.g. {"iterations": 2} or {"passes": 1}.',
     )
     params: int
     flops: int

@@ -31,19 +31,41 @@ def trained_bundle(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
-def interpreter_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Neural Interpreter trained on digits for one epoch (the second family)."""
+def family_checkpoints(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny digits checkpoint per registered family (the NAC's: trained_checkpoint)."""
+    from model.families import FAMILIES
     from model.train import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("ni-ckpt")
-    train(TrainConfig(dataset="digits", family="interpreter", epochs=1, preset="tiny", batch_size=128), out)
-    return out
+    checkpoints = {"nac": trained_checkpoint}
+    for name in FAMILIES:
+        if name not in checkpoints:
+            checkpoints[name] = tmp_path_factory.mktemp(f"ckpt-{name}")
+            cfg = TrainConfig(dataset="digits", family=name, epochs=1, preset="tiny", batch_size=128)
+            train(cfg, checkpoints[name])
+    return checkpoints
 
 
 @pytest.fixture(scope="session")
-def interpreter_bundle(interpreter_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def family_bundles(
+    family_checkpoints: dict[str, Path], trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Their bundles, named "tiny-<family>" (the NAC's: trained_bundle, named "tiny")."""
     from export.build import export_bundle
 
-    out = tmp_path_factory.mktemp("ni-bundles") / "tiny-ni"
-    export_bundle(interpreter_checkpoint, out, TINY_LEVELS, name="tiny-ni")
-    return out
+    bundles = {"nac": trained_bundle}
+    for name, ckpt in family_checkpoints.items():
+        if name not in bundles:
+            bundles[name] = tmp_path_factory.mktemp("bundles") / f"tiny-{name}"
+            export_bundle(ckpt, bundles[name], TINY_LEVELS, name=f"tiny-{name}")
+    return bundles
+
+
+@pytest.fixture(scope="session")
+def interpreter_checkpoint(family_checkpoints: dict[str, Path]) -> Path:
+    """A tiny Neural Interpreter trained on digits for one epoch (the second family)."""
+    return family_checkpoints["interpreter"]
+
+
+@pytest.fixture(scope="session")
+def interpreter_bundle(family_bundles: dict[str, Path]) -> Path:
+    return family_bundles["interpreter"]

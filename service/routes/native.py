@@ -122,7 +122,7 @@ def _info(model: ServedModel) -> ModelInfo:
                 keep_fraction=lv.level.keep_fraction,
                 accuracy=lv.level.accuracy,
                 units=lv.level.units,
-                knobs=lv.level.knobs,
+                knobs=dict(lv.level.knobs),
                 params=lv.level.params,
                 flops=lv.level.flops,
                 latency_ms={b: t for b, t in lv.profile.latency_ms},

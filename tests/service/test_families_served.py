@@ -1,52 +1,41 @@
-"""One server, two families: a NAC bundle and a Neural Interpreter bundle side by side (real
-uvicorn), each level answering as its own graph, the interpreter's levels naming their knobs."""
+"""One real uvicorn serving a bundle of every registered family side by side: each model's every
+level answers as its own graph, and the level table shows each family's units and knobs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import onnxruntime as ort
-import pytest
-from service_helpers import live_server, make_settings
+from service_helpers import live_server, make_settings, v2_tensor
 
 from export.manifest import read_manifest
 from model.data import load_dataset
+from model.families import FAMILIES
 
 
-@pytest.fixture(scope="module")
-def served(trained_bundle: Path, interpreter_bundle: Path) -> Iterator[str]:
-    settings = make_settings(trained_bundle, bundles=[trained_bundle, interpreter_bundle])
-    with live_server(settings) as address:
-        yield address
-
-
-def test_both_families_are_listed_with_their_units_and_knobs(served: str) -> None:
-    models = {m["name"]: m for m in httpx.get(f"http://{served}/v1/models", timeout=30).json()}
-    assert set(models) == {"tiny", "tiny-ni"}
-    assert (models["tiny"]["family"], models["tiny"]["unit"]) == ("nac", "modules")
-    assert (models["tiny-ni"]["family"], models["tiny-ni"]["unit"]) == ("interpreter", "functions")
-    assert all(lv["knobs"] == {} for lv in models["tiny"]["levels"])
-    knobs = {lv["name"]: (lv["units"], lv["knobs"]) for lv in models["tiny-ni"]["levels"]}
-    assert knobs["full"] == (4, {"iterations": 2}) and knobs["1/4"] == (2, {"iterations": 1})
-
-
-@pytest.mark.parametrize("name", ["tiny", "tiny-ni"])
-def test_each_level_of_each_family_answers_as_its_graph(
-    served: str, trained_bundle: Path, interpreter_bundle: Path, name: str
-) -> None:
-    bundle = trained_bundle if name == "tiny" else interpreter_bundle
-    x = load_dataset("digits").test.x[:3]
-    for level in read_manifest(bundle).levels:
-        want = ort.InferenceSession(str(bundle / level.file), providers=["CPUExecutionProvider"]).run(
-            ["probabilities"], {"input": x}
-        )[0]
-        body = {"inputs": x.tolist(), "sparsity_level": level.name}
-        r = httpx.post(f"http://{served}/v1/models/{name}/predict", json=body, timeout=30)
-        assert r.status_code == 200, r.text
-        out = r.json()
-        assert out["sparsity_level"] == level.name
-        got = np.array([row["probabilities"] for row in out["predictions"]])
-        np.testing.assert_allclose(got, want, atol=1e-5)
+def test_one_server_serves_every_family(family_bundles: dict[str, Path]) -> None:
+    assert set(family_bundles) == set(FAMILIES)
+    paths = [family_bundles[name] for name in sorted(family_bundles)]
+    x = load_dataset("digits").test.x[:8]
+    with live_server(make_settings(paths[0], bundles=paths)) as address:
+        table = {m["name"]: m for m in httpx.get(f"http://{address}/v1/models", timeout=30).json()}
+        for path in paths:
+            manifest = read_manifest(path)
+            info = table[manifest.name]
+            assert (info["family"], info["unit"]) == (manifest.family, manifest.unit)
+            assert {lv["name"]: (lv["units"], lv["knobs"]) for lv in info["levels"]} == {
+                lv.name: (lv.units, lv.knobs) for lv in manifest.levels
+            }
+            for level in manifest.levels:
+                want = ort.InferenceSession(str(path / level.file)).run(["probabilities"], {"input": x})[0]
+                body = {"inputs": [v2_tensor(manifest, x)], "parameters": {"sparsity_level": level.name}}
+                r = httpx.post(f"http://{address}/v2/models/{manifest.name}/infer", json=body, timeout=30)
+                assert r.status_code == 200, r.text
+                out = {o["name"]: o for o in r.json()["outputs"]}["probabilities"]
+                got = np.asarray(out["data"], np.float32).reshape(out["shape"])
+                np.testing.assert_allclose(got, want, atol=1e-5)
+                assert r.json()["parameters"]["sparsity_level"] == level.name
+        interpreter = {lv["name"]: lv["knobs"] for lv in table["tiny-interpreter"]["levels"]}
+        assert interpreter["full"] == {"iterations": 2} and interpreter["1/4"] == {"iterations": 1}
