@@ -192,7 +192,7 @@ def test_each_level_gets_the_thread_count_that_runs_fastest_here(
     assert {lv.runner.session.threads for lv in model.levels} == {chosen}  # type: ignore[attr-defined]
 
 
-class Overridden(ort.InferenceSession):
+class Overridden(ort.InferenceSession):  # type: ignore[misc]  # onnxruntime is untyped
     """A session whose run is its own: no terminate flag is known to reach it."""
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
