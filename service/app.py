@@ -14,6 +14,7 @@ from typing import Any
 import onnxruntime as ort
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from export.manifest import Manifest
 from service import __version__, logs
@@ -36,6 +37,21 @@ Serves modular networks whose compute is dialled per request: every model has sp
 ("full", "1/2", "1/4", "1/8"), and each request picks one explicitly, by latency budget, or by
 accuracy floor. Native JSON API under `/v1`, Open Inference Protocol v2 under `/v2`.
 """
+
+
+class App(FastAPI):
+    """FastAPI with service.guard as its outermost layer: every HTTP request meets the guard first,
+    and admitted inference requests never enter FastAPI's own middlewares (0.165 adds telemetry and
+    body-limit layers on every request) or its routing. Lifespan events go to FastAPI as usual."""
+
+    guard: Guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self
+            await self.guard(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> FastAPI:
@@ -61,7 +77,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
             await asyncio.gather(loading, return_exceptions=True)
             await engine.close()  # whatever is left of drain_timeout_s
 
-    app = FastAPI(
+    app = App(
         title="circuitserve",
         version=__version__,
         description=DESCRIPTION,
@@ -75,9 +91,8 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     install_handlers(app)
     install_openapi(app, engine)
     install_docs(app)
-    app.add_middleware(
-        Guard, engine=engine, settings=settings, direct={"native": native.predict, "v2": v2.infer}
-    )
+    direct = {"native": native.answer, "v2": v2.answer}
+    app.guard = Guard(partial(FastAPI.__call__, app), engine=engine, settings=settings, direct=direct)
     for module in (native, v2, ops):
         app.include_router(module.router)
     return app

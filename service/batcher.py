@@ -15,18 +15,21 @@
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
   The thread hands a finished batch back with one `call_soon_threadsafe`; the next batch is taken in
   that same callback (no batching task to wake up in between).
-- With `inline_max_s` > 0 (opt-in; the server leaves it off, see service.loader), a request that
-  finds its level idle, and idle for longer than the level's last batch took (so nobody else is
-  arriving), runs on the event loop itself when that last batch, at least as large as this
-  request, took at most `inline_max_s`:
+- With `inline_max_s` > 0, a request that finds its level idle, and idle for longer than the
+  level's last batch took (so nobody else is arriving), runs on the event loop itself when that last
+  batch, at least as large as this request, took at most `inline_max_s`:
   at low load the hop to the thread and back (two wake-ups) costs more than such a small run
   blocks the loop. Its deadline is checked before it runs; a slow level keeps to its thread.
+  `run_inline` (default: `run`) is what runs it; the server's (service.runtime.Watchdog) ends a run
+  that stalls, raising Interrupted: the level then stops running inline, and the request's rows run
+  on the thread, so a stall costs the loop a bounded pause, once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -39,7 +42,9 @@ import numpy as np
 
 from service.batch_queue import BatchQueue, Part, Request
 from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, ServiceError, Unavailable
+from service.runtime import Interrupted
 
+log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
 RunFn = Callable[[np.ndarray], Outputs]
 BatchObserver = Callable[[int, float], None]  # (batch samples, compute seconds)
@@ -94,6 +99,7 @@ class Batcher:
         retry_after: Callable[[], int] = lambda: 1,
         max_overrun_s: float | None = None,
         inline_max_s: float = 0.0,
+        run_inline: RunFn | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -111,6 +117,7 @@ class Batcher:
         self._stopped = False  # closed past its drain: late results are dropped
         self._drained: asyncio.Event | None = None
         self.inline_max_s = inline_max_s
+        self._run_inline = run_inline
         self._last_compute_s = float("inf")  # of the last batch; no inline run before one finished
         self._last_rows = 0  # and its size: a larger request is not known to be small enough
         self._idle_since = 0.0  # time.monotonic() when the last batch ended
@@ -157,7 +164,10 @@ class Batcher:
         self._loop = loop
         now = time.monotonic()
         if self._inline_pays(n, now, max_wait_s):
-            return self._inline(rows, deadline, now)
+            done = self._inline(rows, deadline, now)
+            if done is not None:
+                return done
+            now = time.monotonic()  # ended by the watchdog: the rows go to the thread
         wait = self.max_delay_s if max_wait_s is None else min(max_wait_s, self.max_delay_s)
         request = Request(rows, priority, deadline, now, now + max(0.0, wait), loop.create_future())
         self._queue.put(request)
@@ -185,17 +195,25 @@ class Batcher:
             and (self.max_delay_s <= 0 or max_wait_s == 0)
         )
 
-    def _inline(self, rows: np.ndarray, deadline: float, now: float) -> BatchResult:
+    def _inline(self, rows: np.ndarray, deadline: float, now: float) -> BatchResult | None:
+        """The request run on the loop; None if the watchdog ended the run (inline is then off)."""
         if deadline <= now:
             raise DeadlineExceeded(f"{self.name}: deadline passed before running")
+        run = self._run_inline or self._run
+        t0 = time.perf_counter()
         try:
-            outputs, compute = self._timed(rows)
+            outputs = run(rows)
+        except Interrupted as exc:
+            self.inline_max_s = 0.0
+            log.warning("%s: %s; this level runs on its thread from now on", self.name, exc)
+            return None
         except ServiceError:
             raise
         except Exception as exc:
             raise InferenceFailed(f"{self.name}: inference failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._idle_since = time.monotonic()
+        compute = time.perf_counter() - t0
         self._last_compute_s, self._last_rows = compute, len(rows)
         if self._on_batch is not None:
             self._on_batch(len(rows), compute)

@@ -110,7 +110,7 @@ class Engine:
         decision = self.choose(model, budget, len(rows))
         level = model.level(decision.level)
         rec.level = level.name
-        self.metrics.level_selections.labels(model.name, level.name, decision.policy).inc()
+        self.metrics.selected(model.name, level.name, decision.policy)
         timeout_ms = self.settings.request_timeout_ms
         if budget.timeout_ms:
             timeout_ms = min(budget.timeout_ms, timeout_ms)
@@ -132,15 +132,14 @@ class Engine:
         model.overhead.observe(max(0.0, server_ms - (result.queue_s + result.compute_s) * 1000))
         error_ms = server_ms - inference.decision.predicted_ms
         rec.error_ms = error_ms
-        self.metrics.prediction_error.labels(model.name).observe(error_ms / 1000)
+        met: bool | None = None
         if budget.given:
             floor, latency = budget.min_accuracy, budget.latency_ms
             met = (floor is None or inference.level.profile.meets(floor)) and (
                 latency is None or server_ms <= latency
             )
             inference.budget_met = rec.budget_met = met
-            if not met:
-                self.metrics.budget_misses.labels(model.name).inc()
+        self.metrics.observe_answer(model.name, error_ms / 1000, met is False)
         return inference
 
     def choose(self, model: ServedModel, budget: Budget, rows: int) -> policy.Decision:

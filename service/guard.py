@@ -13,10 +13,13 @@
 - At most `max_inflight_requests` inference requests with complete bodies at once; more get 429.
   The count is what a drain waits for (service.app) and what readiness reports (routes.v2).
 - An exception no handler took becomes a 500 with `{"error": ...}`; one access log line per request.
-- Admitted POSTs to the two inference routes go straight to their route functions (`direct`), past
-  Starlette's routing and FastAPI's dependency and response machinery: on small models those cost
-  about as much CPU as the model itself (profiled; bench/REPORT.md has the throughput). FastAPI
-  still documents the routes; errors take the same mapping (service.errors.handle).
+- Admitted POSTs to the two inference routes go straight to their direct handlers (`direct`: engine,
+  model, version, headers, body -> body bytes and headers), past Starlette's routing, Request and
+  Response objects and FastAPI's dependency machinery, and are answered with one pre-encoded
+  http.response.start and one body: on small models that machinery costs more CPU than the model
+  itself (profiled; bench/REPORT.md has the figures). FastAPI still documents the routes; errors take
+  the same mapping (service.errors.handle).
+- The guard is the outermost layer of the app (service.app), ahead of FastAPI's own middlewares.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import docs, errors, logs
@@ -46,7 +48,8 @@ access_log = logging.getLogger("service.access")
 INFERENCE = re.compile(
     r"/v1/models/(?P<native>[^/]+)/predict|/v2/models/(?P<v2>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"
 )
-Route = Callable[[str, Request], Awaitable[Response]]  # (model name, request) -> response
+# (engine, model name, version or None, request headers, body) -> (response body, response headers)
+Direct = Callable[[Engine, str, str | None, Headers, bytes], Awaitable[tuple[bytes, Mapping[str, str]]]]
 
 
 def is_probe(path: str) -> bool:
@@ -59,7 +62,7 @@ class Gone(Exception):
 
 class Guard:
     def __init__(
-        self, app: ASGIApp, engine: Engine, settings: Settings, direct: Mapping[str, Route] | None = None
+        self, app: ASGIApp, engine: Engine, settings: Settings, direct: Mapping[str, Direct] | None = None
     ) -> None:
         self.app = app
         self.engine = engine
@@ -75,33 +78,26 @@ class Guard:
         headers = Headers(scope=scope)
         rid = logs.request_id(headers.get(logs.HEADER))
         context = logs.current.set(rid)
-        start, status = time.monotonic(), [0]
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                extra = [(b"x-request-id", rid.encode())]
-                if self.engine.draining:
-                    extra.append((b"connection", b"close"))  # clients reconnect, to a replica that serves
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
+        start = time.monotonic()
+        exchange = _Exchange(send, rid.encode(), self.engine)
+        send_with_id = exchange.send_with_id
         try:
-            await self._guarded(scope, receive, send_with_id, headers)
+            await self._guarded(scope, receive, exchange, headers)
         except ClientDisconnect:  # a route reading a body the client abandoned: nobody to answer
             log.info("%s %s: client disconnected", scope["method"], scope["path"])
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if not status[0]:
+            if not exchange.status:
                 await error_response(500, "internal error")(scope, receive, send_with_id)
         finally:
-            access_log.info(
-                "%s %s %d %.1fms", scope["method"], scope["path"], status[0], (time.monotonic() - start) * 1e3
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                ms = (time.monotonic() - start) * 1e3
+                access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], exchange.status, ms)
             logs.current.reset(context)
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+    async def _guarded(self, scope: Scope, receive: Receive, exchange: _Exchange, headers: Headers) -> None:
         path: str = scope["path"]
+        send = exchange.send_with_id
         if not self._authorized(path, headers):
             bearer = {"WWW-Authenticate": "Bearer"}
             await error_response(401, "missing or wrong bearer token", bearer)(scope, receive, send)
@@ -145,24 +141,29 @@ class Guard:
             if route is None:
                 await self.app(scope, replay, send)
             else:
-                await self._dispatch(route, inference, scope, replay, send)
+                await self._dispatch(route, inference, scope, replay, exchange, headers, body)
         finally:
             self.engine.in_flight -= 1
 
     async def _dispatch(
-        self, route: Route, match: re.Match[str], scope: Scope, receive: Receive, send: Send
+        self,
+        route: Direct,
+        match: re.Match[str],
+        scope: Scope,
+        receive: Receive,
+        exchange: _Exchange,
+        headers: Headers,
+        body: bytes,
     ) -> None:
-        """Run an inference route function directly (see the module docstring)."""
-        name = match["native"] or match["v2"]
-        scope["path_params"] = (
-            {"name": name} if match["version"] is None else {"name": name, "version": match["version"]}
-        )
-        request = Request(scope, receive)
+        """Run an inference route's direct handler (see the module docstring)."""
+        name: str = match["native"] or match["v2"]
         try:
-            response = await route(name, request)
+            answer, answer_headers = await route(self.engine, name, match["version"], headers, body)
         except Exception as exc:
-            response = await errors.handle(request, exc)
-        await response(scope, receive, send)
+            response = await errors.handle(Request(scope, receive), exc)
+            await response(scope, receive, exchange.send_with_id)
+            return
+        await exchange.answer(answer, answer_headers)
 
     def _authorized(self, path: str, headers: Headers) -> bool:
         if self.token is None or docs.is_docs(path):
@@ -212,6 +213,36 @@ class Guard:
     def _count(self, model: str | None, outcome: str) -> None:
         if model is not None:
             self.engine.count_invalid(model, outcome)
+
+
+class _Exchange:
+    """One request's sending side: its id (and `Connection: close` while draining) on every
+    response, the status sent (for the access log)."""
+
+    __slots__ = ("engine", "rid", "send", "status")
+
+    def __init__(self, send: Send, rid: bytes, engine: Engine) -> None:
+        self.send, self.rid, self.engine, self.status = send, rid, engine, 0
+
+    def _extra(self) -> list[tuple[bytes, bytes]]:
+        extra = [(b"x-request-id", self.rid)]
+        if self.engine.draining:
+            extra.append((b"connection", b"close"))  # clients reconnect, to a replica that serves
+        return extra
+
+    async def send_with_id(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message = {**message, "headers": [*message.get("headers", []), *self._extra()]}
+        await self.send(message)
+
+    async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
+        """A 200 with `body`: one start message, one body message."""
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        self.status = 200
+        await self.send({"type": "http.response.start", "status": 200, "headers": raw + self._extra()})
+        await self.send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

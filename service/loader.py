@@ -22,17 +22,26 @@ from service.errors import ServiceError
 from service.metrics import Metrics
 from service.models import ServedLevel, ServedModel, profile_of
 from service.policy import Correction, retry_after_s
-from service.runtime import CUDA, LevelRunner, Session, SessionConfig, SessionFactory, create_session
+from service.runtime import (
+    CUDA,
+    LevelRunner,
+    Session,
+    SessionConfig,
+    SessionFactory,
+    Watchdog,
+    create_session,
+)
 from service.settings import Settings
 from service.v2_codec import encode_response, parse_request
 
 log = logging.getLogger(__name__)
-# A level whose last batch took at most this would run a lone request on the event loop
-# (service.batcher), saving the 0.1-0.2 ms thread hop. Off: a run that stalls inline (a session that
-# is fast until it is not) blocks the loop itself, health probes and the drain included, and the
-# stuck-session deadline cannot fire. The test suite's drain test caught it; the bench figures at
-# commit dde7cc4 were measured with it at 0.002.
-INLINE_MAX_S = 0.0
+# A level whose last batch took at most this runs a lone request on the event loop (service.batcher),
+# saving the thread hop (two wake-ups: 0.1-0.3 ms here, more on a loaded machine). Only plain
+# onnxruntime sessions, under a watchdog that ends a run past INLINE_BOUND_S (service.runtime): a run
+# that stalls pauses the loop, its probes and a drain that long, once; the level then keeps to its
+# thread. A session whose run is overridden (a subclass, a fake) is never run inline.
+INLINE_MAX_S = 0.001
+INLINE_BOUND_S = 0.02
 
 
 class StartupError(RuntimeError):
@@ -62,7 +71,7 @@ def open_model(
         intra_op_threads=settings.intra_op_threads or manifest.profile.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
     )
-    levels = []
+    levels, watchdog = [], Watchdog(INLINE_BOUND_S)
     for level in manifest.sorted_levels():
         model_bytes = _verified(path, level)
         session = create_session(path / level.file, config, session_factory, model_bytes)
@@ -72,7 +81,9 @@ def open_model(
             session = _fastest_threads(
                 path / level.file, model_bytes, session, config, manifest, settings, session_factory
             )
-        runner = LevelRunner(session, manifest.input.name, [o.name for o in manifest.outputs])
+        # on CPU only: a GPU run's time is the device's, and not the loop's to spend
+        dog = watchdog if config.provider == "cpu" else None
+        runner = LevelRunner(session, manifest.input.name, [o.name for o in manifest.outputs], dog)
         log.info("%s level %s: %s on %s", manifest.name, level.name, level.file, runner.provider)
         levels.append(_served_level(manifest.name, level, runner, settings, metrics))
     model = ServedModel(manifest, path, levels)
@@ -161,7 +172,8 @@ def _served_level(
         on_batch=on_batch,
         retry_after=lambda: retry_after_s(served.state(), settings.max_batch_size),
         max_overrun_s=settings.request_timeout_ms / 1000,
-        inline_max_s=INLINE_MAX_S,
+        inline_max_s=INLINE_MAX_S if runner.inline is not None else 0.0,
+        run_inline=runner.inline,
     )
     served = ServedLevel(level, runner, batcher, profile_of(level))
     metrics.add_level(model, level.name, lambda: batcher.queued_samples)

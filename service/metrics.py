@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +30,23 @@ _ERROR_BUCKETS = tuple(
     ms / 1000
     for ms in (-100, -50, -20, -10, -5, -2, -1, -0.5, -0.2, 0, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 500)
 )  # seconds
+
+
+class Children:
+    """A metric's labelled children, looked up once per label set: prometheus_client's `labels()`
+    costs several µs a call (a lock, a tuple, validation), and a request makes about eight."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
 
 
 class Metrics:
@@ -91,6 +109,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("circuitserve_ready", "1 when the server accepts inference requests.", registry=r)
+        # the request path's children, memoized (see Children)
+        self._requests, self._duration = Children(self.requests), Children(self.request_duration)
+        self._queue_wait, self._compute = Children(self.queue_wait), Children(self.compute)
+        self._batch_size, self._samples = Children(self.batch_size), Children(self.inferred_samples)
+        self._selections, self._misses = Children(self.level_selections), Children(self.budget_misses)
+        self._error = Children(self.prediction_error)
 
     def add_level(self, model: str, level: str, queue_depth: Callable[[], float]) -> None:
         """Create a level's series up front (so they read 0, not absent) and wire its queue gauge."""
@@ -106,17 +130,26 @@ class Metrics:
         self.prediction_error.labels(model)
 
     def observe_batch(self, model: str, level: str, samples: int, compute_s: float) -> None:
-        self.batch_size.labels(model, level).observe(samples)
-        self.compute.labels(model, level).observe(compute_s)
-        self.inferred_samples.labels(model, level).inc(samples)
+        self._batch_size(model, level).observe(samples)
+        self._compute(model, level).observe(compute_s)
+        self._samples(model, level).inc(samples)
 
     def observe_request(
         self, model: str, level: str, outcome: str, duration_s: float, queue_s: float | None = None
     ) -> None:
-        self.requests.labels(model, level, outcome).inc()
-        self.request_duration.labels(model, level).observe(duration_s)
+        self._requests(model, level, outcome).inc()
+        self._duration(model, level).observe(duration_s)
         if queue_s is not None:
-            self.queue_wait.labels(model, level).observe(queue_s)
+            self._queue_wait(model, level).observe(queue_s)
+
+    def selected(self, model: str, level: str, policy: str) -> None:
+        self._selections(model, level, policy).inc()
+
+    def observe_answer(self, model: str, error_s: float, missed: bool) -> None:
+        """One answer's prediction error (measured - predicted server time) and budget miss."""
+        self._error(model).observe(error_s)
+        if missed:
+            self._misses(model).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

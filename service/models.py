@@ -64,9 +64,11 @@ class ServedModel:
     # the server's own cost per request (ms): parse, hops, encode; prior from warm-up
     overhead: Estimate = field(default_factory=lambda: Estimate(0.5, floor=0.01))
     _by_name: dict[str, ServedLevel] = field(init=False, repr=False)
+    output_names: list[str] = field(init=False, repr=False)  # the manifest's, in its order
 
     def __post_init__(self) -> None:
         self._by_name = {lv.name: lv for lv in self.levels}
+        self.output_names = [o.name for o in self.manifest.outputs]
 
     @property
     def name(self) -> str:

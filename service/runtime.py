@@ -7,6 +7,8 @@ the providers of a session once it is created, never from `get_available_provide
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,10 +103,59 @@ def create_session(
     return factory(source, options, providers=[CPU])
 
 
-class LevelRunner:
-    """Runs one level's graph on a batch: input array in, {output name: array} out."""
+class Interrupted(Exception):
+    """An inline run that the watchdog ended; its rows can run again (on the level's thread)."""
 
-    def __init__(self, session: Session, input_name: str, output_names: Sequence[str]) -> None:
+
+class Watchdog:
+    """Ends a run on the event loop (an inline run, service.batcher) that takes longer than
+    `bound_s`: one daemon thread looks every `bound_s / 2` and sets the run's
+    `RunOptions.terminate`, which onnxruntime checks between nodes. So an inline run blocks the loop,
+    its probes and a drain at most about 1.5 x `bound_s` plus one node's time."""
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
+        self._current: tuple[float, ort.RunOptions] | None = None
+        self._thread: threading.Thread | None = None
+        self.ended = 0  # runs it ended
+
+    def run(self, session: Session, names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="inline-watchdog", daemon=True)
+            self._thread.start()
+        options = ort.RunOptions()
+        self._current = (time.monotonic(), options)
+        try:
+            return session.run(names, feed, options)  # type: ignore[call-arg]
+        except Exception as exc:
+            if options.terminate:
+                raise Interrupted(f"inline run ended after {self.bound_s * 1000:g} ms") from exc
+            raise
+        finally:
+            self._current = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.bound_s / 2)
+            current = self._current
+            late = current is not None and time.monotonic() - current[0] > self.bound_s
+            if current is not None and late and not current[1].terminate:
+                current[1].terminate = True
+                self.ended += 1
+
+
+class LevelRunner:
+    """Runs one level's graph on a batch: input array in, {output name: array} out. With a
+    watchdog, and a plain onnxruntime session (whose run the watchdog can end), `inline` runs a
+    batch on the event loop under the watchdog; else `inline` is None."""
+
+    def __init__(
+        self,
+        session: Session,
+        input_name: str,
+        output_names: Sequence[str],
+        watchdog: Watchdog | None = None,
+    ) -> None:
         have_inputs = [i.name for i in session.get_inputs()]
         have_outputs = [o.name for o in session.get_outputs()]
         if have_inputs != [input_name]:
@@ -116,6 +167,21 @@ class LevelRunner:
         self.input_name = input_name
         self.output_names = list(output_names)
         self.provider = session.get_providers()[0]
+        plain = isinstance(session, ort.InferenceSession) and type(session).run is ort.InferenceSession.run
+        self.watchdog = watchdog if plain else None  # a subclass's run may block where no flag reaches
+        self.inline: Callable[[np.ndarray], dict[str, np.ndarray]] | None = (
+            None if self.watchdog is None else self._inline
+        )
+
+    def _inline(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        assert self.watchdog is not None
+        try:
+            values = self.watchdog.run(self.session, self.output_names, {self.input_name: batch})
+        except Interrupted:
+            raise
+        except Exception as exc:
+            raise InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}") from exc
+        return {name: np.asarray(v) for name, v in zip(self.output_names, values, strict=True)}
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         try:

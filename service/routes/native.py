@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic_core import from_json, to_json
+from starlette.datastructures import Headers
 
 from service import budget, logs
 from service.engine import Engine
@@ -86,9 +88,18 @@ def _predictions(model: ServedModel, probs: np.ndarray, top_k: int | None) -> li
 async def predict(name: str, request: Request) -> Response:
     """Classify `inputs`; the level is chosen per request from `sparsity_level`, `latency_budget_ms`,
     `min_accuracy`, or the server's default level."""
-    eng = engine_of(request)
+    body, headers = await answer(engine_of(request), name, None, request.headers, await request.body())
+    return Response(body, headers=dict(headers))
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+async def answer(
+    eng: Engine, name: str, version: str | None, headers: Headers, raw: bytes
+) -> tuple[bytes, Mapping[str, str]]:
+    """The predict route's work, also called directly by service.guard: decode, budget, run, encode."""
     with eng.track(name) as rec:  # counts every outcome once, a 400 or a 413 from reading too
-        raw = await request.body()
         doc = _decode(raw)
         model = eng.model(name)
         ask = budget.parse(doc, timeout_key="timeout_ms", timeout_per_ms=1.0)
@@ -101,8 +112,7 @@ async def predict(name: str, request: Request) -> Response:
             "request_id": logs.current.get(),
             "predictions": _predictions(model, inference.result.outputs["probabilities"], doc.get("top_k")),
         }
-        text = to_json(answer)
-    return Response(text, media_type="application/json")
+        return to_json(answer), _JSON
 
 
 def _info(model: ServedModel) -> ModelInfo:

@@ -8,10 +8,12 @@ tritonclient sends no Content-Type.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 
 from service import __version__, budget, logs
 from service.engine import Engine
@@ -77,10 +79,9 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "circuitserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-def _model(eng: Engine, name: str, request: Request) -> ServedModel:
+def _model(eng: Engine, name: str, version: str | None) -> ServedModel:
     """The model named in the path; `/versions/{version}` paths must name its version."""
     model = eng.model(name)
-    version = request.path_params.get("version")
     if version is not None and version != model.manifest.version:
         raise NotFound(f"model {name!r} has no version {version!r}; served: {model.manifest.version!r}")
     return model
@@ -89,7 +90,7 @@ def _model(eng: Engine, name: str, request: Request) -> ServedModel:
 @router.get(_MODEL, responses=error_docs(404, 503))
 @router.get(_VERSIONED, include_in_schema=False)
 async def model_metadata(name: str, request: Request, eng: Engine = Depends(engine)) -> dict[str, Any]:
-    m = _model(eng, name, request).manifest
+    m = _model(eng, name, request.path_params.get("version")).manifest
     return {
         "name": m.name,
         "versions": [m.version],
@@ -102,7 +103,7 @@ async def model_metadata(name: str, request: Request, eng: Engine = Depends(engi
 @router.get(_MODEL + "/ready", responses=error_docs(404, 503))
 @router.get(_VERSIONED + "/ready", include_in_schema=False)
 async def model_ready(name: str, request: Request, eng: Engine = Depends(engine)) -> dict[str, Any]:
-    return {"name": _model(eng, name, request).name, "ready": True}
+    return {"name": _model(eng, name, request.path_params.get("version")).name, "ready": True}
 
 
 @router.post(
@@ -115,32 +116,41 @@ async def infer(name: str, request: Request) -> Response:
     Binary tensor data extension: the JSON header, then raw tensor bytes; the header's length in
     `Inference-Header-Content-Length`, each binary input's size in `parameters.binary_data_size`
     (the schema describes the JSON form)."""
-    eng = engine_of(request)
+    version = request.path_params.get("version")
+    body, headers = await answer(engine_of(request), name, version, request.headers, await request.body())
+    return Response(body, headers=dict(headers))
+
+
+async def answer(
+    eng: Engine, name: str, version: str | None, headers: Headers, raw: bytes
+) -> tuple[bytes, Mapping[str, str]]:
+    """The infer route's work, also called directly by service.guard: decode, budget, run, encode."""
     with eng.track(name) as rec:
-        model = _model(eng, name, request)
-        req = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        model = _model(eng, name, version)
+        req = parse_request(raw, headers.get(HEADER_LENGTH))
         spec = model.manifest.input
-        if [t.name for t in req.inputs] != [spec.name]:
+        if len(req.inputs) != 1 or req.inputs[0].name != spec.name:
             raise BadRequest(
                 f"model {name!r} takes one input named {spec.name!r}, got {[t.name for t in req.inputs]}"
             )
         if req.inputs[0].datatype != spec.datatype:
             raise BadRequest(f"input {spec.name!r} must be {spec.datatype}, got {req.inputs[0].datatype}")
-        names = [o.name for o in model.manifest.outputs]
-        wanted = req.outputs if req.outputs is not None else {n: req.binary_output for n in names}
-        unknown = sorted(set(wanted) - set(names))
-        if unknown:
-            raise BadRequest(f"model {name!r} has no outputs {unknown}; outputs: {names}")
+        names = model.output_names
+        wanted = req.outputs if req.outputs is not None else dict.fromkeys(names, req.binary_output)
+        if req.outputs is not None:
+            unknown = sorted(set(wanted) - set(names))
+            if unknown:
+                raise BadRequest(f"model {name!r} has no outputs {unknown}; outputs: {names}")
         ask = budget.parse(req.parameters, timeout_key="timeout", timeout_per_ms=1000.0, where="parameter ")
         rows = model.check_input(req.inputs[0].array)
         inference = eng.answered(model, await eng.infer(model, rows, ask, rec), rec)
         params = {
             k: v for k, v in timing(inference).items() if not (isinstance(v, float) and not math.isfinite(v))
         }
+        params["request_id"] = logs.current.get()
         header: dict[str, Any] = {"model_name": model.name, "model_version": model.manifest.version}
         if req.id is not None:
             header["id"] = req.id
-        header["parameters"] = {**params, "request_id": logs.current.get()}
+        header["parameters"] = params
         outputs = [(n, inference.result.outputs[n], wanted[n]) for n in names if n in wanted]
-        body, headers = encode_response(header, outputs)
-    return Response(body, headers=headers)
+        return encode_response(header, outputs)

@@ -14,6 +14,7 @@ import pytest
 
 from service.batcher import Batcher, BatchResult
 from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, Unavailable
+from service.runtime import Interrupted
 
 
 class Model:
@@ -322,6 +323,28 @@ def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
         model.gate.set()
         await task
         assert len(model.batches) == 3
+
+    run(test, max_delay_s=0.0, inline_max_s=1.0)
+
+
+def test_an_inline_run_the_watchdog_ends_runs_again_on_the_thread_and_inline_stays_off() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(1), deadline=soon())  # times a first, fast batch (on the thread)
+        await asyncio.sleep(0.01)
+        ended: list[str] = []
+
+        def stalled(x: np.ndarray) -> dict[str, np.ndarray]:  # what the watchdog's end looks like
+            ended.append(threading.current_thread().name)
+            raise Interrupted("inline run ended after 20 ms")
+
+        b._run_inline = stalled
+        result = await b.submit(rows(1, 4), deadline=soon())
+        assert ended == [threading.current_thread().name]  # tried on the loop, once
+        np.testing.assert_array_equal(result.outputs["y"], rows(1, 8))  # answered, from the thread
+        assert len(model.batches) == 2 and b.inline_max_s == 0.0
+        await asyncio.sleep(0.01)
+        await b.submit(rows(1), deadline=soon())
+        assert len(ended) == 1 and len(model.batches) == 3  # the level keeps to its thread
 
     run(test, max_delay_s=0.0, inline_max_s=1.0)
 

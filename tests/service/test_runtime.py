@@ -190,3 +190,39 @@ def test_each_level_gets_the_thread_count_that_runs_fastest_here(
     settings = make_settings(bundle_path, intra_op_threads=None)
     model = open_model(bundle_path, two_threads, settings, Metrics(), SlowWithThreads)
     assert {lv.runner.session.threads for lv in model.levels} == {chosen}  # type: ignore[attr-defined]
+
+
+class Overridden(ort.InferenceSession):  # type: ignore[misc]  # onnxruntime is untyped
+    """A session whose run is its own: no terminate flag is known to reach it."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return super().run(*args, **kwargs)
+
+
+def test_only_a_plain_session_under_a_watchdog_runs_inline(bundle_path: Path, manifest: Manifest) -> None:
+    path, names = level_path(bundle_path, manifest), ["probabilities"]
+    plain = create_session(path, SessionConfig("cpu"))
+    assert LevelRunner(plain, manifest.input.name, names).inline is None  # no watchdog
+    runner = LevelRunner(plain, manifest.input.name, names, runtime.Watchdog(1.0))
+    assert runner.inline is not None
+    x = np.zeros((2, *manifest.input.shape[1:]), np.float32)
+    np.testing.assert_array_equal(runner.inline(x)["probabilities"], runner(x)["probabilities"])
+    with pytest.raises(InferenceFailed):  # errors are mapped as on the thread
+        runner.inline(np.zeros((2, 3), np.float32))
+    own = create_session(path, SessionConfig("cpu"), Overridden)
+    assert LevelRunner(own, manifest.input.name, names, runtime.Watchdog(1.0)).inline is None
+
+
+def test_the_watchdog_ends_a_run_past_its_bound_and_the_session_still_works(
+    bundle_path: Path, manifest: Manifest
+) -> None:
+    """A real run that takes far longer than the bound (a very large batch) is ended, not awaited."""
+    full = manifest.sorted_levels()[0]
+    session = create_session(bundle_path / full.file, SessionConfig("cpu"))
+    dog = runtime.Watchdog(0.005)
+    big = np.random.default_rng(0).standard_normal((50_000, *manifest.input.shape[1:])).astype(np.float32)
+    with pytest.raises(runtime.Interrupted):
+        dog.run(session, ["probabilities"], {manifest.input.name: big})
+    assert dog.ended == 1
+    small = dog.run(session, ["probabilities"], {manifest.input.name: big[:2]})  # a later run is fine
+    assert small[0].shape == (2, len(manifest.labels))
