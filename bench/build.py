@@ -34,15 +34,17 @@ class BundleSpec:
     sparsity_aware: bool = True
     ranking: str = "outdegree"
     name: str | None = None  # model name in the manifest
+    ema: float | None = None  # None: TrainConfig's (a short training ends nearer its init with one)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
+        cfg = TrainConfig(
             dataset=self.dataset,
             seed=self.seed,
             preset=self.preset,
             epochs=self.epochs,
             sparsity_aware=self.sparsity_aware,
         )
+        return cfg if self.ema is None else replace(cfg, ema=self.ema)
 
     def with_ranking(self, ranking: str) -> BundleSpec:
         return replace(self, ranking=ranking)

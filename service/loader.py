@@ -162,6 +162,7 @@ def _served_level(
         retry_after=lambda: retry_after_s(served.state(), settings.max_batch_size),
         max_overrun_s=settings.request_timeout_ms / 1000,
         inline_max_s=INLINE_MAX_S,
+        cost_s=lambda n: served.correction.ratio * served.profile.predict_ms(n) / 1000,
     )
     served = ServedLevel(level, runner, batcher, profile_of(level))
     metrics.add_level(model, level.name, lambda: batcher.queued_samples)
