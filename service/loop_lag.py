@@ -4,8 +4,9 @@ measures how much later than asked it woke.
 uvicorn gives no arrival time of a request's bytes, so the time a request spends waiting for the
 loop before the guard sees it, and between its own steps once admitted (batch done -> route ->
 answer sent), shows here: when the loop is the bottleneck, every callback waits about this long.
-`lag_ms` is the largest lateness of the last `window` ticks, so one quiet tick does not hide a
-backlog and the value decays within `window * interval_s` once the backlog clears. The policy
+`lag_ms` is the mean lateness of the last `window` ticks (what one wait for the loop costs now),
+or the lateness of the tick overdue now if that is more: a backlog shows at once, one stall of the
+process (a busy machine) moves it by 1/window, and it decays within `window` ticks once clear. The policy
 adds it to a request's predicted server time (service.policy.admit).
 """
 
@@ -25,9 +26,9 @@ class LoopLag:
 
     @property
     def lag_ms(self) -> float:
-        """The largest lateness of the recent ticks, or of the tick overdue now, in ms."""
+        """The mean lateness of the recent ticks, or of the tick overdue now if more, in ms."""
         overdue = self._loop.time() - self._due if self._timer is not None and self._loop else 0.0
-        return max(max(self._recent), overdue, 0.0) * 1000
+        return max(sum(self._recent) / len(self._recent), overdue, 0.0) * 1000
 
     def start(self) -> None:
         """Tick on the running loop until `stop` (idempotent)."""
