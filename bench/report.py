@@ -188,8 +188,19 @@ def _overload_target(r: dict[str, Any]) -> dict[str, Any]:
     a = x4["adaptive"]
     met, agrees = a["server_met_budget"], a["budget_met_agrees"]
     reached = met is not None and met >= OVERLOAD_WITHIN and agrees == 1.0
+    if met is None:
+        measured = (
+            f"no answers: of {a['sent']} requests at {a['offered_rps']:.0f}/s none was answered, nor shed, "
+            f"within the client's timeout ({a['failures']})"
+        )
+        why = (
+            f"the server's event loop could not even read the requests: it used {a['server_cores']:.2f} "
+            f"cores (the load generator {a['client_cores']:.2f}) of {os.cpu_count()}; refusing costs a "
+            "request's parse too"
+        )
+        return _target("overload (4x capacity)", goal, measured, False, why)
     measured = (
-        f"{markdown.percent(met) if met is not None else 'no answers'} of answers within budget by "
+        f"{markdown.percent(met)} of answers within budget by "
         f"server_ms, budget_met agreeing in {markdown.percent(agrees) if agrees is not None else '–'}; "
         f"{markdown.percent(a['answered'])} of requests answered, {markdown.percent(a.get('shed', 0.0))} "
         f"shed (503), level mix {a['level_mix']}, expected accuracy {a['expected_accuracy']}; "
