@@ -275,7 +275,8 @@ def test_overload_target_is_the_answers_server_time_within_budget_at_4x() -> Non
     from bench import report
 
     def at_4x(met: float | None, agrees: float | None = 1.0) -> dict[str, Any]:
-        adaptive = {"server_met_budget": met, "budget_met_agrees": agrees, "answered": 0.4, "shed": 0.6}
+        adaptive: dict[str, Any] = {"server_met_budget": met, "budget_met_agrees": agrees}
+        adaptive |= {"answered": 0.4, "shed": 0.6}
         adaptive |= {"level_mix": {"1/8": 1.0}, "expected_accuracy": 0.68, "within_budget": 0.3, "sent": 100}
         adaptive |= {"offered_rps": 400.0, "failures": {}, "server_cores": 1.2, "client_cores": 0.4}
         adaptive |= {"prediction_error_ms": {"p50": 1.0, "p99": 30.0}}
