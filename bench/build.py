@@ -35,9 +35,10 @@ class BundleSpec:
     sparsity_aware: bool = True
     ranking: str = "outdegree"
     name: str | None = None  # model name in the manifest
+    ema: float | None = None  # None: TrainConfig's (a short training ends nearer its init with one)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
+        cfg = TrainConfig(
             dataset=self.dataset,
             family=self.family,
             seed=self.seed,
@@ -45,6 +46,7 @@ class BundleSpec:
             epochs=self.epochs,
             sparsity_aware=self.sparsity_aware,
         )
+        return cfg if self.ema is None else replace(cfg, ema=self.ema)
 
     def with_ranking(self, ranking: str) -> BundleSpec:
         return replace(self, ranking=ranking)

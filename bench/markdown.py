@@ -25,6 +25,10 @@ def percent(v: float) -> str:
     return f"{v:.2%}" if 0 < v < 0.01 else f"{v:.1%}"
 
 
+def _maybe_percent(v: float | None) -> str:
+    return "–" if v is None else percent(v)
+
+
 def spread(s: dict[str, Any]) -> str:
     """A mean ± std over seeds (bench/accuracy.py) as percentages."""
     return f"{s['mean']:.2%} ± {s['std']:.2%}"
@@ -94,8 +98,9 @@ def headline(r: dict[str, Any]) -> list[str]:
         a, f = phase["adaptive"], phase["full_only"]
         lines.append(
             f"- overload {factor}: {percent(a['within_budget'])} answered within {o['budget_ms']:.0f} ms "
-            f"with expected accuracy {_fmt(a['expected_accuracy'])}; pinned to full: "
-            f"{percent(f['within_budget'])}."
+            f"with expected accuracy {_fmt(a['expected_accuracy'])}, server time within budget in "
+            f"{_maybe_percent(a['server_met_budget'])} of answers, {percent(a.get('shed', 0.0))} shed; "
+            f"pinned to full: {percent(f['within_budget'])}."
         )
     return [*lines, ""]
 
@@ -265,6 +270,8 @@ def overload(r: dict[str, Any]) -> list[str]:
         ("adaptive: within budget", _field("adaptive", "within_budget")),
         ("expected acc", _field("adaptive", "expected_accuracy")),
         ("effective acc", _field("adaptive", "effective_accuracy")),
+        ("answered", _field("adaptive", "answered")),
+        ("shed", lambda _, v: percent(v["adaptive"].get("shed", 0.0))),
         ("level mix", lambda _, v: ", ".join(f"{k} {s:.1%}" for k, s in v["adaptive"]["level_mix"].items())),
         ("p99 ms", _field("adaptive", "p99_ms")),
         ("server met budget", _field("adaptive", "server_met_budget")),
@@ -294,7 +301,9 @@ def overload(r: dict[str, Any]) -> list[str]:
         "Within budget: answered no later than the budget after the request's scheduled send time. "
         "Expected accuracy: mean test accuracy of the levels that answered. Effective accuracy: expected "
         "correct answers within the budget, per request sent. Server met budget: fraction of answers "
-        "whose measured server time (`server_ms`, which `budget_met` reports) met the budget. "
+        "whose measured server time (`server_ms`, which `budget_met` reports) met the budget. Shed: "
+        "requests refused at once (503 with Retry-After) because the server predicted it could not "
+        "answer them within the budget. "
         "Prediction error: server_ms - predicted_ms.",
         "",
     ]

@@ -6,7 +6,9 @@ alternated on the same server:
 - full_only: `sparsity_level: "full"`, every request pinned to the full level.
 
 Both also send `timeout_ms` = budget, so neither server runs work that can no longer be on time:
-the pinned one is the best a fixed-level server does, dropping what it cannot serve in time.
+the pinned one is the best a fixed-level server does, dropping what it cannot serve in time. The
+adaptive requests are also shed (503, "latency budget" in the error) when the server predicts it
+cannot answer them within the budget, at admission or when their batch forms.
 A request is within budget when it is answered (200) no later than the budget after its *scheduled*
 send time. Expected accuracy: the mean of the test accuracy of the level that answered each request.
 From the answers themselves: the fraction whose measured server time (`server_ms`) met the budget,
@@ -47,6 +49,7 @@ def outcome(
     agree = [b.get("budget_met") == (b["server_ms"] <= budget_ms) for _, b in bodies if "server_ms" in b]
     in_time = [(r, lv) for r, lv in answered if r.latency_s * 1e3 <= budget_ms]
     levels = Counter(lv for _, lv in answered)
+    shed = sum(r.status == 503 and b"latency budget" in (r.body or b"") for r in run.records)
     failed = [r.status for r in run.records if r.status != 200]
     statuses = Counter("no_answer" if s == load.TRANSPORT_ERROR else str(s) for s in failed)
     return {
@@ -54,6 +57,8 @@ def outcome(
         "sent": sent,
         "within_budget": round(len(in_time) / sent, 6) if sent else 0.0,
         "answered": round(len(answered) / sent, 4) if sent else 0.0,
+        # refused fast (503 + Retry-After) as unable to meet the budget: part of failures["503"]
+        "shed": round(shed / sent, 4) if sent else 0.0,
         "expected_accuracy": round(float(np.mean([accuracy[lv] for _, lv in answered])), 4)
         if answered
         else None,

@@ -76,7 +76,11 @@ PRESETS: dict[str, dict[str, object]] = {
     # a compute-bound model for overload benchmarks (dropout as digits: without it, 256 modules
     # overfit digits' ~1,260 training images: 98.6% train against 90.6% validation accuracy)
     "large": dict(tokenizer="image", patch=2, modules=256, dim=96, layers=3, dropout=0.2),
-    # the same size on MNIST-1D signals (the overload showcase: bench/plan.py)
+    # the overload showcase (bench/plan.py): MNIST-1D's tokens with twice the modules, so compute
+    # (read-in and propagator attention, which grows with the square of the modules kept) dominates
+    # a request's cost at the full level and the 1/8 level is several times cheaper. Trained plain and
+    # short (RECIPES): about 100 s an epoch on one contended thread
+    "mnist1d-wide": dict(tokenizer="signal", patch=2, window=4, modules=128, dim=64, layers=2, dropout=0.1),
     "tiny": dict(modules=8, outputs=2, dim=16, sig_dim=8, layers=1, heads=2),  # tests
 }
 

@@ -69,6 +69,8 @@ RECIPES = {
     "mnist1d": Recipe(epochs=40, augment=2),
     "features": Recipe(epochs=60),
     "large": Recipe(epochs=40),
+    # the overload showcase, trained plain: its levels need to differ, not to be at their best
+    "mnist1d-wide": Recipe(epochs=4, augment=2),
     "tiny": Recipe(epochs=3),
     # a family's own recipe for a preset, where it differs ("family/preset"). Neural Interpreters: a
     # step costs ~1.8x a NAC's at full width, so fewer epochs keep default training near 5 minutes

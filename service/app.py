@@ -69,6 +69,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         except Exception as exc:
             engine.failure = str(exc)
             raise
+        engine.lag.start()
         loading = asyncio.create_task(_load(engine, bundles, factory, app.state.on_fatal, app.state.on_ready))
         try:
             yield
@@ -76,6 +77,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await engine.close()  # whatever is left of drain_timeout_s
+            engine.lag.stop()
 
     app = App(
         title="circuitserve",

@@ -9,6 +9,9 @@ the order rules live in one small place with no threads, timers or event loop:
   that arrives behind a max-size one waits for at most about two full batches.
 - Bounded in samples (rows not yet taken); `fits` says whether a request would fit.
 - A removed request (expired, cancelled, failed) is skipped lazily when it reaches the head.
+- A request found at the head past its deadline is expired; one whose `finish_by` (the latest end of
+  its batch that still meets its latency budget, service.policy.finish_by) is before the batch's
+  predicted end is late: both leave the queue unrun, for the caller to fail.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Request:
         "deadline",
         "done_rows",
         "enqueued",
+        "finish_by",
         "first_start",
         "future",
         "parts",
@@ -42,13 +46,21 @@ class Request:
     )  # fmt: skip
 
     def __init__(
-        self, rows: np.ndarray, priority: int, deadline: float, enqueued: float, start_by: float, future: Any
+        self,
+        rows: np.ndarray,
+        priority: int,
+        deadline: float,
+        enqueued: float,
+        start_by: float,
+        future: Any,
+        finish_by: float = float("inf"),
     ) -> None:
         self.rows = rows  # [n, *input shape]
         self.priority = priority
         self.deadline = deadline  # time.monotonic()
         self.enqueued = enqueued
         self.start_by = start_by  # its first batch starts by then, full or not
+        self.finish_by = finish_by  # a batch of it ending later would answer past its budget
         self.future = future
         self.taken = 0  # rows handed to batches so far
         self.done_rows = 0  # rows whose outputs came back
@@ -113,11 +125,15 @@ class BatchQueue:
             self.samples -= request.left
             request.removed = True
 
-    def take(self, max_rows: int, now: float) -> tuple[list[Part], list[Request]]:
-        """Up to `max_rows` rows in priority order, and the requests found expired at the head
-        (removed, for the caller to fail)."""
+    def take(
+        self, max_rows: int, now: float, ends: float | None = None
+    ) -> tuple[list[Part], list[Request], list[Request]]:
+        """Up to `max_rows` rows in priority order, and the requests found at the head expired
+        (deadline passed) and late (`finish_by` before `ends`, the batch's predicted end; None:
+        none is late), removed, for the caller to fail."""
         parts: list[Part] = []
         expired: list[Request] = []
+        late: list[Request] = []
         room = max_rows
         while room and self._heap:
             request = self._heap[0].request
@@ -130,6 +146,11 @@ class BatchQueue:
                 self.remove(request)
                 expired.append(request)
                 continue
+            if ends is not None and request.finish_by < ends:
+                heapq.heappop(self._heap)
+                self.remove(request)
+                late.append(request)
+                continue
             start = request.taken
             stop = start + min(room, request.n - start)
             parts.append(Part(request, start, stop))
@@ -140,7 +161,7 @@ class BatchQueue:
                 heapq.heappop(self._heap)
             else:  # rows left: to the back of its priority, behind whoever came meanwhile
                 heapq.heapreplace(self._heap, _Entry(request.priority, next(self._seq), request))
-        return parts, expired
+        return parts, expired, late
 
     def oldest_start_by(self) -> float | None:
         """When the next batch must start, full or not (None: nothing queued)."""

@@ -8,8 +8,10 @@
   and its answer is reassembled in order.
 - The queue is bounded in samples: a request that does not fit raises Unavailable (503).
 - A request whose deadline passes while rows of it are queued raises DeadlineExceeded (504) and its
-  queued rows never run; one whose rows are all running is awaited up to `max_overrun_s` more, then
-  abandoned (504), so a stuck session leaves no request hanging.
+  queued rows never run. One given a `finish_by` (its latency budget, when shedding is on) whose
+  batch is predicted (`cost_s`) to end after it raises Shed (503) when the batch forms, unrun. One
+  whose rows are all running is awaited up to `max_overrun_s` more, then abandoned (504), so a
+  stuck session leaves no request hanging.
 - An error in a batch reaches every request with rows in it.
 - `close()` stops intake, lets the queue drain (up to a timeout), fails what is left, stops the thread.
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
@@ -41,13 +43,14 @@ from typing import Any
 import numpy as np
 
 from service.batch_queue import BatchQueue, Part, Request
-from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, ServiceError, Unavailable
+from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, ServiceError, Shed, Unavailable
 from service.runtime import Interrupted
 
 log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
 RunFn = Callable[[np.ndarray], Outputs]
 BatchObserver = Callable[[int, float], None]  # (batch samples, compute seconds)
+CostFn = Callable[[int], float]  # batch samples -> predicted compute seconds
 _TIMER_GRAIN_S = 0.001  # event-loop timers cannot wait less than this
 
 
@@ -100,12 +103,14 @@ class Batcher:
         max_overrun_s: float | None = None,
         inline_max_s: float = 0.0,
         run_inline: RunFn | None = None,
+        cost_s: CostFn = lambda n: 0.0,
     ) -> None:
         self.name = name
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._on_batch = on_batch
+        self._cost_s = cost_s
         self._retry_after = retry_after
         self.max_overrun_s = max_overrun_s  # how long a running request is awaited past its deadline
         self._queue = BatchQueue(max_queue_samples)
@@ -145,10 +150,17 @@ class Batcher:
         await asyncio.wrap_future(self._worker.submit(fn))
 
     async def submit(
-        self, rows: np.ndarray, *, deadline: float, priority: int = 0, max_wait_s: float | None = None
+        self,
+        rows: np.ndarray,
+        *,
+        deadline: float,
+        priority: int = 0,
+        max_wait_s: float | None = None,
+        finish_by: float = float("inf"),
     ) -> BatchResult:
         """Queue `rows` (a caller's whole request) and wait for its outputs. On an idle level its
-        first batch starts within `max_wait_s` (at most the batcher's max delay), full or not."""
+        first batch starts within `max_wait_s` (at most the batcher's max delay), full or not.
+        A batch of it predicted to end after `finish_by` is not run: Shed (503)."""
         if self._closing:
             raise Unavailable(f"{self.name}: shutting down, not accepting requests")
         n = len(rows)
@@ -169,7 +181,9 @@ class Batcher:
                 return done
             now = time.monotonic()  # ended by the watchdog: the rows go to the thread
         wait = self.max_delay_s if max_wait_s is None else min(max_wait_s, self.max_delay_s)
-        request = Request(rows, priority, deadline, now, now + max(0.0, wait), loop.create_future())
+        request = Request(
+            rows, priority, deadline, now, now + max(0.0, wait), loop.create_future(), finish_by
+        )
         self._queue.put(request)
         # one timer per request, not wait_for + shield: this is the hot path of every request
         request.timer = loop.call_at(loop.time() + max(0.0, deadline - now), self._expire, request)
@@ -230,9 +244,12 @@ class Batcher:
                 if start_by is not None and start_by - now >= _TIMER_GRAIN_S:
                     self._arm_fill_timer(start_by - now)
                     return
-            parts, expired = self._queue.take(self.max_batch_size, now)
+            ends = now + self._cost_s(min(self._queue.samples, self.max_batch_size))
+            parts, expired, late = self._queue.take(self.max_batch_size, now, ends)
             for request in expired:
                 _fail(request, DeadlineExceeded(f"{self.name}: deadline passed before running"))
+            for request in late:
+                _fail(request, Shed(f"{self.name}: cannot be answered within its latency budget; not run"))
             if parts:
                 self._execute(parts, now)
                 return

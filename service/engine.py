@@ -17,7 +17,8 @@ import numpy as np
 from service import policy
 from service.batcher import Batcher, BatchResult
 from service.budget import Budget
-from service.errors import NotFound, Unavailable, outcome_of
+from service.errors import NotFound, Shed, Unavailable, outcome_of
+from service.loop_lag import LoopLag
 from service.metrics import NO_LEVEL, UNKNOWN_MODEL, Metrics
 from service.models import ServedLevel, ServedModel
 from service.settings import Settings
@@ -65,6 +66,7 @@ class Inference:
     budget: Budget
     decision: policy.Decision
     result: BatchResult
+    lag_ms: float = 0.0  # the event loop's lag at admission (in the prediction, not the overhead)
     server_ms: float = 0.0  # arrival to the answer being encoded, measured
     budget_met: bool | None = None  # from server_ms (and the level's accuracy), not the prediction
 
@@ -80,6 +82,10 @@ class Engine:
     draining: bool = False  # shutting down: no new inference, in-flight requests finish
     drain_deadline: float | None = None  # time.monotonic() by which the drain ends
     in_flight: int = 0  # inference requests between arrival and answer (kept by service.guard)
+    lag: LoopLag = field(init=False)  # the event loop's lateness (started by service.app)
+
+    def __post_init__(self) -> None:
+        self.lag = LoopLag(self.settings.loop_lag_interval_ms / 1000)
 
     def model(self, name: str) -> ServedModel:
         if self.draining:
@@ -107,7 +113,17 @@ class Engine:
         rec.samples = len(rows)
         if budget.level is not None:
             budget = budget.with_level(model.resolve_level(budget.level).name)
-        decision = self.choose(model, budget, len(rows))
+        lag_ms = self.lag.lag_ms
+        decision = self.choose(model, budget, len(rows), lag_ms)
+        finish_by = float("inf")
+        if budget.latency_ms is not None and self.settings.shed_late:
+            if not policy.admit(decision, budget.latency_ms):
+                raise Shed(
+                    f"cannot answer within the latency budget of {budget.latency_ms:g} ms: predicted "
+                    f"{decision.predicted_ms:.1f} ms at level {decision.level} (event loop "
+                    f"{lag_ms:.1f} ms late); retry later"
+                )
+            finish_by = policy.finish_by(rec.start, budget.latency_ms, model.overhead.value, lag_ms)
         level = model.level(decision.level)
         rec.level = level.name
         self.metrics.selected(model.name, level.name, decision.policy)
@@ -119,9 +135,10 @@ class Engine:
             deadline=rec.start + timeout_ms / 1000,
             priority=budget.priority or self.settings.default_priority,
             max_wait_s=decision.max_wait_ms / 1000,
+            finish_by=finish_by,
         )
         rec.queue_s = result.queue_s
-        return Inference(level, budget, decision, result)
+        return Inference(level, budget, decision, result, lag_ms)
 
     def answered(self, model: ServedModel, inference: Inference, rec: Tracked) -> Inference:
         """Just before encoding: the measured server time, whether it met the budget, and what the
@@ -129,7 +146,8 @@ class Engine:
         server_ms = (time.monotonic() - rec.start) * 1000
         inference.server_ms = server_ms
         result, budget = inference.result, inference.budget
-        model.overhead.observe(max(0.0, server_ms - (result.queue_s + result.compute_s) * 1000))
+        waits_ms = (result.queue_s + result.compute_s) * 1000 + policy.LAG_HOPS * inference.lag_ms
+        model.overhead.observe(max(0.0, server_ms - waits_ms))
         error_ms = server_ms - inference.decision.predicted_ms
         rec.error_ms = error_ms
         met: bool | None = None
@@ -142,7 +160,7 @@ class Engine:
         self.metrics.observe_answer(model.name, error_ms / 1000, met is False)
         return inference
 
-    def choose(self, model: ServedModel, budget: Budget, rows: int) -> policy.Decision:
+    def choose(self, model: ServedModel, budget: Budget, rows: int, lag_ms: float = 0.0) -> policy.Decision:
         """`budget.level`, if any, already resolved to a level name."""
         fixed = budget.level if budget.level is not None else (None if budget.given else model.default_level)
         # a fixed level needs only its own state (for predicted_ms); only a budget compares levels
@@ -155,6 +173,7 @@ class Engine:
             self.settings.max_batch_size,
             self.settings.max_queue_delay_ms,
             model.overhead.value,
+            lag_ms,
         )
 
     def queue_depth(self) -> dict[str, dict[str, int]]:

@@ -4,7 +4,8 @@ Raise a ServiceError subclass anywhere; the handlers installed by `install_handl
 `{"error": message}` with its status code (the body the Open Inference Protocol clients parse).
 `outcome` is the value of the `outcome` label on `circuitserve_requests_total`; `cancelled` is a
 request its client abandoned (gone or stalled before its body was complete, see service.guard): not
-served, and not a server fault, so outside the error ratio.
+served, and not a server fault, so outside the error ratio. `shed` is a request with a latency
+budget refused because it could not be answered within it (service.policy.admit).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class Unavailable(ServiceError):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
+class Shed(Unavailable):
+    """A request with a latency budget the server predicts it cannot meet, refused (at admission or
+    when its batch forms) rather than answered late: 503 with Retry-After, outcome `shed`."""
+
+    outcome = "shed"
+
+
 class DeadlineExceeded(ServiceError):
     """The request's deadline passed before it ran; it was not executed (504)."""
 
@@ -87,7 +95,7 @@ def error_docs(*statuses: int) -> dict[int | str, dict[str, Any]]:
         408: "Headers and body not complete within read_timeout_s; the connection closes",
         413: "Body larger than the configured limit",
         429: "Too many requests in flight (see Retry-After)",
-        503: "Not ready, draining, or queue full (see Retry-After)",
+        503: "Not ready, draining, queue full, or shed: its latency budget cannot be met (see Retry-After)",
         504: "Deadline passed before the request ran; not executed",
     }
     return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}

@@ -174,6 +174,7 @@ def _served_level(
         max_overrun_s=settings.request_timeout_ms / 1000,
         inline_max_s=INLINE_MAX_S if runner.inline is not None else 0.0,
         run_inline=runner.inline,
+        cost_s=lambda n: served.correction.ratio * served.profile.predict_ms(n) / 1000,
     )
     served = ServedLevel(level, runner, batcher, profile_of(level))
     metrics.add_level(model, level.name, lambda: batcher.queued_samples)

@@ -16,7 +16,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-OUTCOMES = ("success", "bad_request", "rejected", "timeout", "error")
+OUTCOMES = ("success", "bad_request", "rejected", "shed", "timeout", "error")
 POLICIES = ("explicit", "latency_budget", "min_accuracy", "default")
 NO_LEVEL = "none"  # level label of a request that failed before a level was chosen
 UNKNOWN_MODEL = "_unknown"  # model label of a request for a model that is not served

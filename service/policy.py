@@ -2,10 +2,14 @@
 
 Predicted server time of a request on a level, what the client sees less the network:
 
-    predicted = overhead + remaining + correction * sum(profile(b) for b in batches) + fill wait
+    predicted = overhead + LAG_HOPS * lag + remaining + correction * sum(profile(b) for b in batches)
+                + fill wait
 
 - overhead: the server's own per-request cost (parse, hops, encode), measured at warm-up and
   corrected online (an `Estimate`);
+- lag: how late the event loop runs what is due now (service.loop_lag), paid at each of the
+  LAG_HOPS waits for the loop a request makes once admitted (its batch handed back, its answer
+  written): when the loop is the bottleneck, this is where the time goes;
 - remaining: the predicted time left on the batch running now;
 - batches: the rows queued ahead and the request's own, cut into max-size batches, each timed by
   the level's latency profile (measured at warm-up, interpolated over batch size);
@@ -19,6 +23,15 @@ Accuracy is a measurement on a finite test set, so the policy reads it with its 
 - levels whose accuracy lies within the most accurate level's interval (accuracy >= its low) are
   equally accurate: under a latency budget the cheapest of them that fits runs, before any less
   accurate level is tried.
+
+Shedding (`admit`, `finish_by`): a request with a latency budget B that cannot be answered in time
+gets a fast 503 instead of a late answer:
+
+    admitted   when  predicted <= B        (predicted: the chosen level's, the fastest if none fits)
+    finish_by  =     arrival + B - (overhead + LAG_HOPS * lag)
+
+and a queued request whose batch would end after its finish_by (now + that batch's predicted
+compute > finish_by) is shed when the batch forms, not run.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from typing import Literal
 from service.budget import Budget
 
 PolicyName = Literal["explicit", "latency_budget", "min_accuracy", "default"]
+LAG_HOPS = 2  # waits for the event loop between admission and the answer: batch handed back, answer written
 
 
 @dataclass(frozen=True)
@@ -139,11 +153,13 @@ def choose(
     max_batch_size: int,
     max_delay_ms: float,
     overhead_ms: float = 0.0,
+    lag_ms: float = 0.0,
 ) -> Decision:
     """The level to run. `levels` must be non-empty; `budget.level` (a resolved name) and `default`
     must be among them. A latency budget also caps the wait for a batch to fill (its slack)."""
     states = {s.profile.name: s for s in levels}
-    work = {n: overhead_ms + work_ms(s, rows, max_batch_size) for n, s in states.items()}
+    fixed_ms = overhead_ms + LAG_HOPS * lag_ms
+    work = {n: fixed_ms + work_ms(s, rows, max_batch_size) for n, s in states.items()}
 
     def decide(
         name: str, policy: PolicyName, met: bool | None, max_wait_ms: float = max_delay_ms
@@ -185,3 +201,14 @@ def choose(
 def retry_after_s(state: LevelState, max_batch_size: int) -> int:
     """Seconds until a full queue has likely drained (for Retry-After)."""
     return max(1, math.ceil(work_ms(state, 0, max_batch_size) / 1000))
+
+
+def admit(decision: Decision, budget_ms: float) -> bool:
+    """Whether a request can meet its latency budget: its level's predicted server time fits."""
+    return decision.predicted_ms <= budget_ms
+
+
+def finish_by(arrival_s: float, budget_ms: float, overhead_ms: float, lag_ms: float) -> float:
+    """The latest time (seconds, the clock of `arrival_s`) a budgeted request's last batch may end
+    for its answer to leave within the budget (see the module docstring)."""
+    return arrival_s + (budget_ms - overhead_ms - LAG_HOPS * lag_ms) / 1000

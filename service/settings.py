@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(
         default=30_000, gt=0, description="default deadline; a request's own timeout may only lower it"
     )
+    shed_late: bool = Field(
+        default=True,
+        description="a request whose latency budget cannot be met gets 503 with Retry-After (shed), not a "
+        "late answer; false: the fastest level runs and budget_met is false",
+    )
+    loop_lag_interval_ms: float = Field(
+        default=5.0, gt=0, le=1000, description="how often the event loop's lag is sampled (for shedding)"
+    )
     default_priority: int = Field(
         default=5, ge=1, description="queue priority of requests sending priority 0"
     )

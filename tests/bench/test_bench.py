@@ -271,6 +271,26 @@ def test_overhead_target_is_judged_by_its_ratio() -> None:
     assert below["reached"] is False and "batches of 8.0" in below["why"]
 
 
+def test_overload_target_is_the_answers_server_time_within_budget_at_4x() -> None:
+    from bench import report
+
+    def at_4x(met: float | None, agrees: float | None = 1.0) -> dict[str, Any]:
+        adaptive: dict[str, Any] = {"server_met_budget": met, "budget_met_agrees": agrees}
+        adaptive |= {"answered": 0.4, "shed": 0.6}
+        adaptive |= {"level_mix": {"1/8": 1.0}, "expected_accuracy": 0.68, "within_budget": 0.3, "sent": 100}
+        adaptive |= {"offered_rps": 400.0, "failures": {}, "server_cores": 1.2, "client_cores": 0.4}
+        adaptive |= {"prediction_error_ms": {"p50": 1.0, "p99": 30.0}}
+        return {"overload": {"budget_ms": 50.0, "x4": {"adaptive": adaptive}}}
+
+    assert report._overload_target(at_4x(0.995))["reached"] is True
+    missed = report._overload_target(at_4x(0.98))
+    assert missed["reached"] is False and "p50 / p99 1.0 / 30.0" in missed["why"]
+    assert report._overload_target(at_4x(0.995, agrees=0.99))["reached"] is False
+    silent = report._overload_target(at_4x(None, None))
+    assert silent["reached"] is False and silent["measured"].startswith("no answers") and silent["why"]
+    assert "≥ 99% of answers with measured server time" in silent["goal"]
+
+
 # ---------------------------------------------------------------------------------------------
 # quick run end to end
 

@@ -100,7 +100,7 @@ def live_server(settings: Settings) -> Iterator[str]:
         assert not thread.is_alive(), "uvicorn did not stop"
 
 
-def metric(client: TestClient, name: str, **labels: str) -> float:
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
     """The value of one sample on /metrics."""
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:

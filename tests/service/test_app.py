@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import metric, sample_inputs, v2_tensor
+from service_helpers import asgi_client, make_settings, metric, sample_inputs, v2_tensor
 
 from export.manifest import Manifest
+from service.app import create_app
 
 
 def predict(client: TestClient, manifest: Manifest, n: int = 1, **body: Any) -> Any:
@@ -62,11 +64,31 @@ def test_top_k_and_flat_inputs(client: TestClient, manifest: Manifest) -> None:
 def test_latency_budget(client: TestClient, manifest: Manifest) -> None:
     body = predict(client, manifest, latency_budget_ms=10_000).json()
     assert (body["sparsity_level"], body["policy"], body["budget_met"]) == ("full", "latency_budget", True)
-    misses = metric(client, "circuitserve_budget_misses_total", model=manifest.name)
-    body = predict(client, manifest, latency_budget_ms=1e-6).json()  # impossible: the fastest level runs
-    # the fastest level by prediction; the two cheapest synthetic levels are too close to call
-    assert body["budget_met"] is False and body["sparsity_level"] in by_speed(manifest)[-2:]
-    assert metric(client, "circuitserve_budget_misses_total", model=manifest.name) == misses + 1
+
+    def shed() -> float:  # refused before a level ran: level "none", a series made on first use
+        try:
+            return metric(
+                client, "circuitserve_requests_total", model=manifest.name, level="none", outcome="shed"
+            )
+        except AssertionError:
+            return 0.0
+
+    before = shed()
+    r = predict(client, manifest, latency_budget_ms=1e-6)  # impossible: shed, not answered late
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert "latency budget" in r.json()["error"]
+    assert shed() == before + 1
+
+
+def test_an_impossible_budget_runs_the_fastest_level_when_shedding_is_off(
+    bundle_path: Path, manifest: Manifest
+) -> None:
+    with asgi_client(create_app(make_settings(bundle_path, shed_late=False))) as client:
+        misses = metric(client, "circuitserve_budget_misses_total", model=manifest.name)
+        body = predict(client, manifest, latency_budget_ms=1e-6).json()
+        # the fastest level by prediction; the two cheapest synthetic levels are too close to call
+        assert body["budget_met"] is False and body["sparsity_level"] in by_speed(manifest)[-2:]
+        assert metric(client, "circuitserve_budget_misses_total", model=manifest.name) == misses + 1
 
 
 def test_accuracy_floor(client: TestClient, manifest: Manifest) -> None:

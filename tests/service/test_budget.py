@@ -3,14 +3,17 @@ from the measured server time, misses counted from outcomes, the prediction erro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import metric, sample_inputs, v2_tensor
+from service_helpers import asgi_client, make_settings, metric, sample_inputs, v2_tensor
 
 from export.manifest import Manifest
 from service import budget
+from service.app import create_app
 from service.errors import BadRequest
 
 
@@ -39,9 +42,17 @@ def predict(client: TestClient, manifest: Manifest, **fields: Any) -> dict[str, 
     return answer
 
 
+@pytest.fixture(scope="module")
+def unshed(bundle_path: Path) -> Iterator[TestClient]:
+    """A server that answers late rather than shedding (shed_late off): what it reports is tested."""
+    with asgi_client(create_app(make_settings(bundle_path, shed_late=False))) as c:
+        yield c
+
+
 def test_budget_met_is_the_measured_server_time_not_the_prediction(
-    client: TestClient, manifest: Manifest
+    unshed: TestClient, manifest: Manifest
 ) -> None:
+    client = unshed
     misses = metric(client, "circuitserve_budget_misses_total", model=manifest.name)
     # 1 µs: no level can answer in time, whatever the prediction says
     tight = predict(client, manifest, latency_budget_ms=0.001)

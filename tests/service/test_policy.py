@@ -6,12 +6,15 @@ import pytest
 
 from service.budget import Budget
 from service.policy import (
+    LAG_HOPS,
     Correction,
     Estimate,
     LevelProfile,
     LevelState,
+    admit,
     choose,
     fill_wait_ms,
+    finish_by,
     retry_after_s,
     work_ms,
 )
@@ -167,3 +170,22 @@ def test_an_accuracy_floor_is_met_only_by_the_intervals_lower_end() -> None:
     assert (d.level, d.budget_met) == ("full", True)
     assert pick(Budget(min_accuracy=0.86), levels).level == "1/2"
     assert not with_interval(HALF, 0.86).meets(0.88) and with_interval(HALF, 0.86).meets(0.86)
+
+
+def test_event_loop_lag_is_paid_per_hop_and_pushes_the_choice_down() -> None:
+    budget = Budget(latency_ms=8.0)
+    quiet = choose(states(), budget, "full", 1, B, 0.0, overhead_ms=0.5)
+    assert quiet.level == "full" and quiet.predicted_ms == pytest.approx(2.5) and admit(quiet, 8.0)
+    # the loop 3 ms late: full (2 + 0.5 + 2 * 3 = 8.5 ms) no longer fits, 1/2 (7.5 ms) does
+    late = choose(states(), budget, "full", 1, B, 0.0, overhead_ms=0.5, lag_ms=3.0)
+    assert late.level == "1/2" and late.predicted_ms == pytest.approx(1.0 + 0.5 + LAG_HOPS * 3.0)
+    assert admit(late, 8.0)
+    # 5 ms late: nothing fits; the fastest level is the prediction, and it is not admitted
+    worst = choose(states(), budget, "full", 1, B, 0.0, overhead_ms=0.5, lag_ms=5.0)
+    assert worst.level == "1/4" and not admit(worst, 8.0)
+
+
+def test_finish_by_leaves_room_for_the_answer_after_the_batch() -> None:
+    # arrival at t = 100 s, 50 ms budget, 2 ms of own cost, the loop 1 ms late: the batch ends by 146 ms
+    assert finish_by(100.0, 50.0, 2.0, 1.0) == pytest.approx(100.0 + (50.0 - 2.0 - LAG_HOPS * 1.0) / 1000)
+    assert finish_by(100.0, 50.0, 0.0, 0.0) == pytest.approx(100.05)
