@@ -15,12 +15,14 @@ from fastapi.responses import JSONResponse
 
 from service import __version__, budget, logs
 from service.engine import Engine
-from service.errors import BadRequest, NotFound, error_docs
+from service.errors import BadRequest, error_docs
 from service.models import ServedModel
 from service.routes.deps import engine, engine_of, timing
-from service.v2_codec import HEADER_LENGTH, encode_response, parse_request
+from service.v2_codec import HEADER_LENGTH, classify, encode_response, parse_request
 
 router = APIRouter(tags=["Open Inference Protocol v2"])
+# Triton's names; model versions, GET /v2/models and gzip/deflate bodies are there too (README)
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
 _MODEL = "/v2/models/{name}"
 _VERSIONED = "/v2/models/{name}/versions/{version}"
 
@@ -74,16 +76,12 @@ async def ready(eng: Engine = Depends(engine)) -> JSONResponse:
 
 @router.get("/v2")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "circuitserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return {"name": "circuitserve", "version": __version__, "extensions": EXTENSIONS}
 
 
 def _model(eng: Engine, name: str, request: Request) -> ServedModel:
-    """The model named in the path; `/versions/{version}` paths must name its version."""
-    model = eng.model(name)
-    version = request.path_params.get("version")
-    if version is not None and version != model.manifest.version:
-        raise NotFound(f"model {name!r} has no version {version!r}; served: {model.manifest.version!r}")
-    return model
+    """The model named in the path: its latest version, or the one `/versions/{version}` names."""
+    return eng.model_version(name, request.path_params.get("version"))
 
 
 @router.get(_MODEL, responses=error_docs(404, 503))
@@ -92,7 +90,7 @@ async def model_metadata(name: str, request: Request, eng: Engine = Depends(engi
     m = _model(eng, name, request).manifest
     return {
         "name": m.name,
-        "versions": [m.version],
+        "versions": sorted(eng.versions.get(m.name, {m.version: None}), key=int),
         "platform": "onnx_onnxv1",
         "inputs": [{"name": m.input.name, "datatype": m.input.datatype, "shape": m.input.shape}],
         "outputs": [{"name": o.name, "datatype": o.datatype, "shape": o.shape} for o in m.outputs],
@@ -129,6 +127,7 @@ async def infer(name: str, request: Request) -> Response:
         names = [o.name for o in model.manifest.outputs]
         wanted = req.outputs if req.outputs is not None else {n: req.binary_output for n in names}
         unknown = sorted(set(wanted) - set(names))
+        classes = {n: req.classification[n] for n in req.classification if n in names}
         if unknown:
             raise BadRequest(f"model {name!r} has no outputs {unknown}; outputs: {names}")
         ask = budget.parse(req.parameters, timeout_key="timeout", timeout_per_ms=1000.0, where="parameter ")
@@ -141,6 +140,12 @@ async def infer(name: str, request: Request) -> Response:
         if req.id is not None:
             header["id"] = req.id
         header["parameters"] = {**params, "request_id": logs.current.get()}
-        outputs = [(n, inference.result.outputs[n], wanted[n]) for n in names if n in wanted]
+        result = inference.result.outputs
+        labels = model.manifest.labels
+        outputs = [
+            (n, classify(result[n], classes[n], labels) if n in classes else result[n], wanted[n])
+            for n in names
+            if n in wanted
+        ]
         body, headers = encode_response(header, outputs)
     return Response(body, headers=headers)
