@@ -81,6 +81,8 @@ class LevelStats:
                 "compute_input": none,
                 "compute_infer": self.compute_infer.json(),
                 "compute_output": none,
+                "cache_hit": {"count": 0, "ns": 0},  # no response cache; perf_analyzer reads them
+                "cache_miss": {"count": 0, "ns": 0},
             },
             "batch_stats": [
                 {

@@ -22,7 +22,7 @@ from typing import Any
 
 from export.manifest import MANIFEST_FILE, BundleError, Manifest, load_bundle, read_manifest
 from service.engine import Engine
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, NotFound, Unavailable
 from service.loader import measure_overhead, open_model, warm_up
 from service.models import ServedModel
 from service.runtime import SessionFactory
@@ -146,6 +146,9 @@ class Repository:
             log.info("model %s unloaded", name)
 
     def _locked(self) -> asyncio.Lock:
+        """The one-at-a-time lock; 503 before the first load finished or once draining."""
+        if not self.engine.ready or self.engine.draining:
+            raise Unavailable("the server is loading or draining; retry later", retry_after_s=5)
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock

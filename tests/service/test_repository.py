@@ -30,7 +30,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 NAME = "repo-model"
 
 
-class Slow(ort.InferenceSession):
+class Slow(ort.InferenceSession):  # type: ignore[misc]  # onnxruntime has no stubs
     """A batch whose first value is SLOW + ms sleeps that many milliseconds."""
 
     def run(self, names: Any, feed: dict[str, np.ndarray], *args: Any, **kwargs: Any) -> Any:

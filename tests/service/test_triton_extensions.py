@@ -94,7 +94,7 @@ def test_statistics_count_requests_per_model_version_and_level(
     assert isinstance(stats, dict)
     assert stats["success"]["count"] == before["inference_stats"]["success"]["count"] + 2  # type: ignore[index]
     assert stats["success"]["ns"] > 0 and stats["compute_infer"]["ns"] > 0 and stats["fail"]["count"] == 0
-    assert {"queue", "compute_input", "compute_output"} <= set(stats)
+    assert {"queue", "compute_input", "compute_output", "cache_hit", "cache_miss"} <= set(stats)
     assert {b["batch_size"] for b in entry["batch_stats"]} >= {2, 3}  # type: ignore[attr-defined]
     levels = entry["sparsity_levels"]
     assert isinstance(levels, dict) and set(levels) == {"full", "1/2", "1/4", "1/8"}
