@@ -24,8 +24,9 @@ def test_export_takes_a_version_and_serve_a_repository(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["export", str(tmp_path), "--version", "0"])
     assert result.exit_code == 2 and "--version" in result.output
     import service.app
+    from service.settings import Settings
 
-    seen = []
+    seen: list[Settings] = []
     monkeypatch.setattr(service.app, "serve", seen.append)
     result = CliRunner().invoke(app, ["serve", "--repository", str(tmp_path)])
     assert result.exit_code == 0, result.output
