@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from service_helpers import live_server, make_settings, sample_inputs, v2_tensor
+from starlette.exceptions import HTTPException
 from tritonclient.utils import InferenceServerException
 
 from export.manifest import Manifest
+from service.content_encoding import Decoder
 from service.routes.v2 import EXTENSIONS
 
 LIMIT = 64 << 10
@@ -158,3 +160,22 @@ def test_compressed_bodies_are_held_to_the_limit_once_decoded(address: str, mani
 
 def test_models_are_listed_for_kserve(address: str, manifest: Manifest) -> None:
     assert httpx.get(f"http://{address}/v2/models").json() == {"models": [manifest.name]}
+
+
+def test_the_decoder_streams_and_stops_at_the_limit() -> None:
+    data = b'{"inputs": []}' * 100
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for packed in (gzip.compress(data), zlib.compress(data), raw.compress(data) + raw.flush()):
+        name = "gzip" if packed[:2] == b"\x1f\x8b" else "deflate"
+        decoder = Decoder(name, len(data), lambda: "too large")
+        chunks = [packed[i : i + 7] for i in range(0, len(packed), 7)]
+        out = b"".join(decoder.feed(c, i == len(chunks) - 1) for i, c in enumerate(chunks))
+        assert out == data
+        small = Decoder(name, len(data) - 1, lambda: "too large")
+        with pytest.raises(HTTPException) as refused:
+            for c in chunks:
+                small.feed(c, False)
+        assert refused.value.status_code == 413 and small.seen == len(data)  # never inflated past it
+    with pytest.raises(HTTPException) as unknown:
+        Decoder("br", 10, lambda: "")
+    assert unknown.value.status_code == 415
