@@ -203,6 +203,13 @@ def _class_count(value: Any, name: str) -> int:
     return value
 
 
+def classified(
+    outputs: list[tuple[str, np.ndarray, bool]], counts: dict[str, int], labels: list[str]
+) -> list[tuple[str, np.ndarray, bool]]:
+    """`outputs` with those asked for with `classification` replaced by their top classes."""
+    return [(n, classify(a, counts[n], labels) if n in counts else a, b) for n, a, b in outputs]
+
+
 def classify(scores: np.ndarray, top: int, labels: list[str]) -> np.ndarray:
     """The classification extension: per row the `top` highest scores, best first, as BYTES
     elements "score:index:label" (the label is the index when the model names no classes)."""

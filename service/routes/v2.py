@@ -18,7 +18,7 @@ from service.engine import Engine
 from service.errors import BadRequest, error_docs
 from service.models import ServedModel
 from service.routes.deps import engine, engine_of, timing
-from service.v2_codec import HEADER_LENGTH, classify, encode_response, parse_request
+from service.v2_codec import HEADER_LENGTH, classified, encode_response, parse_request
 
 router = APIRouter(tags=["Open Inference Protocol v2"])
 # Triton's names; model versions, GET /v2/models and gzip/deflate bodies are there too (README)
@@ -127,7 +127,6 @@ async def infer(name: str, request: Request) -> Response:
         names = [o.name for o in model.manifest.outputs]
         wanted = req.outputs if req.outputs is not None else {n: req.binary_output for n in names}
         unknown = sorted(set(wanted) - set(names))
-        classes = {n: req.classification[n] for n in req.classification if n in names}
         if unknown:
             raise BadRequest(f"model {name!r} has no outputs {unknown}; outputs: {names}")
         ask = budget.parse(req.parameters, timeout_key="timeout", timeout_per_ms=1000.0, where="parameter ")
@@ -140,12 +139,8 @@ async def infer(name: str, request: Request) -> Response:
         if req.id is not None:
             header["id"] = req.id
         header["parameters"] = {**params, "request_id": logs.current.get()}
-        result = inference.result.outputs
-        labels = model.manifest.labels
-        outputs = [
-            (n, classify(result[n], classes[n], labels) if n in classes else result[n], wanted[n])
-            for n in names
-            if n in wanted
-        ]
+        outputs = [(n, inference.result.outputs[n], wanted[n]) for n in names if n in wanted]
+        if req.classification:
+            outputs = classified(outputs, req.classification, model.manifest.labels)
         body, headers = encode_response(header, outputs)
     return Response(body, headers=headers)
