@@ -98,6 +98,7 @@ def export(
     ranking: Annotated[
         str, typer.Option(help="module order: outdegree or random (the control)")
     ] = "outdegree",
+    version: Annotated[int, typer.Option(min=1, help="the model version servers publish it under")] = 1,
 ) -> None:
     """Export one ONNX graph per level with a measured profile into a bundle directory."""
     _need_train_extra()
@@ -105,7 +106,9 @@ def export(
     from export.inspect import format_levels
 
     with user_errors(ExportError, FileNotFoundError):
-        manifest = export_bundle(checkpoint, out, parse_levels(levels), name=name, ranking=ranking)
+        manifest = export_bundle(
+            checkpoint, out, parse_levels(levels), name=name, ranking=ranking, version=str(version)
+        )
 
     typer.echo(f"bundle written to {out}")
     typer.echo(format_levels(manifest))
@@ -142,18 +145,22 @@ def serve(
     bundles: Annotated[list[Path] | None, typer.Argument(help="bundle directories (default: digits)")] = None,
     host: Annotated[str | None, typer.Option(help="default 127.0.0.1, or CIRCUITSERVE_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="default 8000, or CIRCUITSERVE_PORT")] = None,
+    repository: Annotated[
+        Path | None, typer.Option(help="serve every bundle under DIR; load/unload by name at run time")
+    ] = None,
 ) -> None:
     """Serve bundles over HTTP (native JSON API and Open Inference Protocol v2)."""
     from service.app import serve as run_server
     from service.loader import StartupError
     from service.settings import SettingsError, load
 
-    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    given = {"host": host, "port": port, "repository": repository}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if bundles:
         overrides["bundles"] = bundles
     with user_errors(SettingsError, prefix="error: invalid settings"):
         settings = load(**overrides)
-    if not settings.bundles:
+    if not settings.bundles and settings.repository is None:
         settings = settings.model_copy(update={"bundles": [ensure_default_bundle()]})
     with user_errors(StartupError, prefix="error: cannot serve"):
         run_server(settings)

@@ -133,6 +133,7 @@ def export_bundle(
     fractions: list[Fraction],
     name: str | None = None,
     ranking: str = "outdegree",
+    version: str = "1",
 ) -> Manifest:
     try:
         levels.validate(fractions)
@@ -161,6 +162,7 @@ def export_bundle(
             family=family.name,
             unit=family.unit,
             name=name or meta["dataset"].removesuffix(".npz").split("/")[-1],
+            version=version,
             input=InputSpec(
                 name=INPUT_NAME,
                 shape=[-1, *family.input_shape(model)],

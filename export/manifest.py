@@ -5,7 +5,9 @@ A bundle is a directory: manifest.json, one ONNX file per level, tradeoff.png.
 
 Schema 2 names the model family and the unit its levels drop (a NAC drops "modules"); a level
 carries its `units` and any other knob of its family, its test-set size with a 95% Wilson
-interval beside the accuracy, and its calibration. Schema-1 manifests (NAC only, `modules` per
+interval beside the accuracy, and its calibration. `version` (a positive integer as text, "1" when
+absent) is the model version a server publishes the bundle under; `labels` name the classes.
+Schema-1 manifests (NAC only, `modules` per
 level) are still read: `_upgrade` turns them into schema 2 with those new figures absent.
 """
 
@@ -117,7 +119,11 @@ class Manifest(_Strict):
     family: str = Field(default="nac", description='the model family, e.g. "nac"')
     unit: str = Field(default="modules", description="what a level drops")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    version: str = "1"
+    version: str = Field(
+        default="1",
+        pattern=r"^[1-9][0-9]{0,17}$",
+        description="the bundle's model version, a positive integer (Triton's); absent in old bundles: 1",
+    )
     input: InputSpec
     outputs: list[TensorSpec]
     labels: list[str]

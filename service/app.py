@@ -22,10 +22,12 @@ from service.docs import install_docs
 from service.engine import Engine
 from service.errors import install_handlers
 from service.guard import Guard
-from service.loader import StartupError, measure_overhead, open_model, verify_bundles, warm_up
+from service.loader import StartupError, verify_bundles
+from service.models import ServedModel
 from service.openapi import install_openapi
 from service.protocol import guarded_protocol
-from service.routes import native, ops, v2
+from service.repository import Repository, discover, open_served
+from service.routes import native, ops, repository, triton, v2
 from service.runtime import SessionFactory
 from service.settings import Settings
 from service.shutdown import DrainingServer
@@ -63,9 +65,10 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            if not settings.bundles:
+            if not settings.bundles and settings.repository is None:
                 raise StartupError("no bundles to serve: pass BUNDLE paths or set CIRCUITSERVE_BUNDLES")
-            bundles = verify_bundles(settings.bundles)  # fast, and fails the start outright
+            # fast, and fails the start outright
+            bundles = verify_bundles([*settings.bundles, *discover(settings.repository)])
         except Exception as exc:
             engine.failure = str(exc)
             raise
@@ -88,6 +91,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         redoc_url=None,
     )
     app.state.engine = engine
+    app.state.repository = Repository(engine, settings.repository, factory)
     app.state.on_fatal = lambda: None  # serve() replaces it with "stop the server"
     app.state.on_ready = lambda: None  # serve() replaces it with freeze_loaded_objects
     install_handlers(app)
@@ -95,7 +99,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     install_docs(app)
     direct = {"native": native.answer, "v2": v2.answer}
     app.guard = Guard(partial(FastAPI.__call__, app), engine=engine, settings=settings, direct=direct)
-    for module in (native, v2, ops):
+    for module in (native, triton, repository, v2, ops):  # triton's /v2/models/stats before {name}
         app.include_router(module.router)
     return app
 
@@ -112,29 +116,23 @@ async def _load(
     on_fatal: Callable[[], None],
     on_ready: Callable[[], None],
 ) -> None:
-    settings = engine.settings
     try:
-        models = {}
+        models: dict[str, dict[str, ServedModel]] = {}
         for path, manifest in bundles:
-            model = await asyncio.to_thread(open_model, path, manifest, settings, engine.metrics, factory)
-            shape = manifest.input.shape[1:]
-            for lv in model.levels:
-                warm = partial(warm_up, lv, shape, settings.warmup_runs, settings.max_batch_size)
-                await lv.batcher.call(warm)  # on the thread its batches will run on
-                lv.batcher.start()
-                log.info(
-                    "%s level %s warm: %.3f ms at batch 1", model.name, lv.name, lv.profile.predict_ms(1)
-                )
-            await measure_overhead(model)
-            models[model.name] = model
-        engine.models = models
+            model = await open_served(engine, path, manifest, factory)
+            models.setdefault(model.name, {})[manifest.version] = model
+        for name, versions in models.items():
+            engine.set_versions(name, versions)
         if engine.draining:  # told to stop while loading
             return
         on_ready()
         engine.ready = True
         engine.metrics.ready.set(1)
         log.info(
-            "ready: serving %s", ", ".join(f"{m.name} ({len(m.levels)} levels)" for m in models.values())
+            "ready: serving %s",
+            ", ".join(
+                f"{m.name} v{m.manifest.version} ({len(m.levels)} levels)" for m in engine.models.values()
+            ),
         )
     except Exception as exc:
         engine.failure = f"{type(exc).__name__}: {exc}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -33,9 +34,15 @@ class Tracked:
     level: str = NO_LEVEL
     samples: int = 0
     queue_s: float | None = None
+    compute_s: float = 0.0
     start: float = 0.0  # time.monotonic() at arrival
     error_ms: float | None = None  # measured - predicted server time
     budget_met: bool | None = None
+    served: ServedLevel | None = None  # the level (of one model version) that took the request
+
+
+def _queued(batchers: list[Batcher]) -> int:
+    return sum(b.queued_samples for b in batchers)
 
 
 class Tracking:
@@ -55,6 +62,8 @@ class Tracking:
         rec, elapsed = self.rec, time.monotonic() - self.rec.start
         outcome = outcome_of(error)
         self.engine.metrics.observe_request(rec.model, rec.level, outcome, elapsed, rec.queue_s)
+        if rec.served is not None:
+            rec.served.stats.request(outcome == "success", rec.samples, elapsed, rec.queue_s, rec.compute_s)
         self.engine.stats.record(
             rec.model, rec.level, outcome, rec.samples, elapsed, rec.error_ms, rec.budget_met
         )
@@ -76,7 +85,8 @@ class Engine:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     stats: RecentStats = field(default_factory=RecentStats)
-    models: dict[str, ServedModel] = field(default_factory=dict)
+    models: dict[str, ServedModel] = field(default_factory=dict)  # name -> its latest version
+    versions: dict[str, dict[str, ServedModel]] = field(default_factory=dict)  # name -> version -> model
     ready: bool = False
     failure: str | None = None  # why loading failed, if it did
     draining: bool = False  # shutting down: no new inference, in-flight requests finish
@@ -96,6 +106,30 @@ class Engine:
         if name not in self.models:
             raise NotFound(f"unknown model {name!r}; served: {sorted(self.models)}")
         return self.models[name]
+
+    def model_version(self, name: str, version: str | None) -> ServedModel:
+        """`model(name)`, or that version of it (404 if it is not served)."""
+        model = self.model(name)
+        if version is None or version == model.manifest.version:
+            return model
+        served = self.versions.get(name, {})
+        if version not in served:
+            raise NotFound(f"model {name!r} has no version {version!r}; served: {sorted(served, key=int)}")
+        return served[version]
+
+    def set_versions(self, name: str, served: dict[str, ServedModel]) -> None:
+        """Serve exactly `served` (version -> model) under `name`, in one step: the highest version
+        becomes the default; none = the name is no longer served. Batchers are the caller's."""
+        if served:
+            self.versions[name] = dict(served)
+            self.models[name] = served[max(served, key=int)]
+            queued = [lv for m in served.values() for lv in m.levels]
+            for level in {lv.name for lv in queued}:  # one gauge per (model, level), over versions
+                same = [lv.batcher for lv in queued if lv.name == level]
+                self.metrics.queue_depth.labels(name, level).set_function(partial(_queued, same))
+        else:
+            self.versions.pop(name, None)
+            self.models.pop(name, None)
 
     def track(self, model_name: str) -> Tracking:
         """`with engine.track(name) as rec:` around a request: its outcome, level and time are
@@ -125,7 +159,7 @@ class Engine:
                 )
             finish_by = policy.finish_by(rec.start, budget.latency_ms, model.overhead.value, lag_ms)
         level = model.level(decision.level)
-        rec.level = level.name
+        rec.level, rec.served = level.name, level
         self.metrics.selected(model.name, level.name, decision.policy)
         timeout_ms = self.settings.request_timeout_ms
         if budget.timeout_ms:
@@ -137,7 +171,7 @@ class Engine:
             max_wait_s=decision.max_wait_ms / 1000,
             finish_by=finish_by,
         )
-        rec.queue_s = result.queue_s
+        rec.queue_s, rec.compute_s = result.queue_s, result.compute_s
         return Inference(level, budget, decision, result, lag_ms)
 
     def answered(self, model: ServedModel, inference: Inference, rec: Tracked) -> Inference:
@@ -207,4 +241,6 @@ class Engine:
         await asyncio.gather(*(b.close(timeout_s) for b in self._batchers()))
 
     def _batchers(self) -> list[Batcher]:
-        return [lv.batcher for m in self.models.values() for lv in m.levels]
+        served = {id(m): m for m in self.models.values()}
+        served.update((id(m), m) for vs in self.versions.values() for m in vs.values())
+        return [lv.batcher for m in served.values() for lv in m.levels]

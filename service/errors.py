@@ -49,6 +49,23 @@ class NotFound(ServiceError):
     outcome = "bad_request"
 
 
+class Unauthorized(ServiceError):
+    """An admin endpoint without the admin bearer token (401)."""
+
+    status = 401
+    outcome = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ServiceError):
+    """An admin endpoint on a server that has no admin token set: disabled (403)."""
+
+    status = 403
+    outcome = "bad_request"
+
+
 class Unavailable(ServiceError):
     """Not ready, draining, or the queue is full: try again later (503 with Retry-After)."""
 
@@ -92,6 +109,8 @@ def error_docs(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown model or version",
         500: "Inference failed",
         401: "Missing or wrong bearer token (when the server has one)",
+        403: "Admin endpoints disabled: the server has no admin_token",
+        415: "Content-Encoding other than gzip, deflate or identity",
         408: "Headers and body not complete within read_timeout_s; the connection closes",
         413: "Body larger than the configured limit",
         429: "Too many requests in flight (see Retry-After)",

@@ -6,6 +6,10 @@
   every path except the API docs (service.docs) and, unless `protect_health_and_metrics`,
   /v2/health/* and /metrics.
 - Bodies over `max_body_bytes` get 413, from Content-Length before reading or while reading.
+  `Content-Encoding: gzip | deflate` bodies are decoded while read, the limit held to the decoded
+  bytes (service.content_encoding); other encodings get 415.
+- The model repository paths (/v2/repository/*) take the admin token instead, checked by their
+  routes (service.routes.repository).
 - An inference request's body is read whole before it takes a slot, within `read_timeout_s` of the
   request's first byte (service.protocol stamps it; else from here): past it, 408 and the connection
   closes. So a stalled upload holds a connection and its partial body, never a slot.
@@ -37,6 +41,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import docs, errors, logs
+from service.content_encoding import Decoder
 from service.engine import Engine
 from service.errors import error_response
 from service.protocol import READ_BEGAN
@@ -54,6 +59,10 @@ Direct = Callable[[Engine, str, str | None, Headers, bytes], Awaitable[tuple[byt
 
 def is_probe(path: str) -> bool:
     return path.startswith("/v2/health/") or path == "/metrics"
+
+
+def is_admin(path: str) -> bool:
+    return path.startswith("/v2/repository/")
 
 
 class Gone(Exception):
@@ -110,7 +119,7 @@ class Guard:
             await error_response(413, self._too_large())(scope, receive, send)
             return
         if inference is None:
-            await self.app(scope, self._limited(receive), send)
+            await self.app(scope, self._limited(scope, receive), send)
             return
         try:
             body = await self._read_body(scope, receive)
@@ -123,7 +132,7 @@ class Guard:
             message = f"request body not complete within {self.settings.read_timeout_s:g} s"
             await error_response(408, message, {"Connection": "close"})(scope, receive, send)
             return
-        except HTTPException as exc:  # 413
+        except HTTPException as exc:  # 413, or a Content-Encoding refused (415) or corrupt (400)
             self._count(model, "bad_request")
             await error_response(exc.status_code, exc.detail)(scope, receive, send)
             return
@@ -166,7 +175,7 @@ class Guard:
         await exchange.answer(answer, answer_headers)
 
     def _authorized(self, path: str, headers: Headers) -> bool:
-        if self.token is None or docs.is_docs(path):
+        if self.token is None or docs.is_docs(path) or is_admin(path):
             return True
         if is_probe(path) and not self.settings.protect_health_and_metrics:
             return True
@@ -178,34 +187,37 @@ class Guard:
         """The whole body, by the read deadline (TimeoutError), at most max_body_bytes (413)."""
         loop = asyncio.get_running_loop()
         began = scope.get("extensions", {}).get(READ_BEGAN, loop.time())
-        chunks, seen = [], 0
+        decoder = self._decoder(scope)
+        chunks = []
         async with asyncio.timeout_at(began + self.settings.read_timeout_s):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise Gone
-                chunk = message.get("body", b"")
-                seen += len(chunk)
-                if seen > self.settings.max_body_bytes:
-                    raise HTTPException(413, self._too_large())
-                chunks.append(chunk)
-                if not message.get("more_body", False):
+                more = message.get("more_body", False)
+                chunks.append(decoder.feed(message.get("body", b""), not more))
+                if not more:
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _limited(self, receive: Receive) -> Receive:
-        """`receive`, raising 413 once the body passes the limit (bodies without Content-Length)."""
-        seen = 0
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        """`receive`, decoding the body (415 for an unknown encoding) and raising 413 once it passes
+        the limit (bodies without Content-Length, and decoded ones)."""
+        decoder: Decoder | None = None
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal decoder
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.settings.max_body_bytes:
-                    raise HTTPException(413, self._too_large())
+                decoder = decoder or self._decoder(scope)
+                more = message.get("more_body", False)
+                message = {**message, "body": decoder.feed(message.get("body", b""), not more)}
             return message
 
         return limited
+
+    def _decoder(self, scope: Scope) -> Decoder:
+        encoding = Headers(scope=scope).get("content-encoding")
+        return Decoder(encoding, self.settings.max_body_bytes, self._too_large)
 
     def _too_large(self) -> str:
         return f"request body larger than the limit of {self.settings.max_body_bytes} bytes"

@@ -50,11 +50,11 @@ class StartupError(RuntimeError):
 
 def verify_bundles(paths: list[Path]) -> list[tuple[Path, Manifest]]:
     """Read every manifest and check every level file's checksum (raises BundleError)."""
-    bundles = [(Path(p), load_bundle(Path(p))) for p in paths]
-    names = [m.name for _, m in bundles]
+    bundles = [(Path(p), load_bundle(Path(p))) for p in dict.fromkeys(Path(p).resolve() for p in paths)]
+    names = [f"{m.name} version {m.version}" for _, m in bundles]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise StartupError(f"two bundles serve the same model name: {duplicates}")
+        raise StartupError(f"two bundles serve the same model name and version: {duplicates}")
     return bundles
 
 
@@ -161,6 +161,7 @@ def _served_level(
 
     def on_batch(samples: int, compute_s: float) -> None:
         served.observe_compute(samples, compute_s)
+        served.stats.batch(samples, compute_s)
         metrics.observe_batch(model, level.name, samples, compute_s)
 
     batcher = Batcher(

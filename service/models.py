@@ -14,6 +14,7 @@ from export.manifest import Level, Manifest
 from model import levels
 from service.batcher import Batcher
 from service.errors import BadRequest, NotFound
+from service.model_stats import LevelStats
 from service.policy import Correction, Estimate, LevelProfile, LevelState
 from service.runtime import LevelRunner
 
@@ -38,6 +39,7 @@ class ServedLevel:
     batcher: Batcher
     profile: LevelProfile
     correction: Correction = field(default_factory=Correction)
+    stats: LevelStats = field(default_factory=LevelStats)  # GET /v2/models/stats (service.model_stats)
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="bearer token required on inference and model/admin endpoints"
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token of the model repository endpoints (/v2/repository/*); unset: 403",
+    )
+    repository: Path | None = Field(
+        default=None, description="a directory of bundles (any depth up to 2) served and loadable by name"
+    )
     protect_health_and_metrics: bool = Field(
         default=False, description="also require the token on /v2/health/* and /metrics (probes send none)"
     )
@@ -84,12 +91,19 @@ class Settings(BaseSettings):
             raise ValueError(f"bundle directories not found: {', '.join(missing)}")
         return bundles
 
-    @field_validator("auth_token")
+    @field_validator("auth_token", "admin_token")
     @classmethod
-    def _token_not_blank(cls, token: SecretStr | None) -> SecretStr | None:
+    def _token_not_blank(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if token is not None and not token.get_secret_value().strip():
-            raise ValueError("auth_token is empty: unset it to serve without auth")
+            raise ValueError(f"{info.field_name} is empty: unset it to serve without it")
         return token
+
+    @field_validator("repository")
+    @classmethod
+    def _repository_is_directory(cls, repository: Path | None) -> Path | None:
+        if repository is not None and not Path(repository).is_dir():
+            raise ValueError(f"repository directory not found: {repository}")
+        return repository
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -98,8 +112,8 @@ class Settings(BaseSettings):
 
 
 # The `circuitserve serve` flags that set a field; every field also has its CIRCUITSERVE_* variable.
-FLAGS = {"bundles": "the BUNDLES arguments", "host": "--host", "port": "--port"}
-_SECRET = frozenset({"auth_token"})
+FLAGS = {"bundles": "the BUNDLES arguments", "host": "--host", "port": "--port", "repository": "--repository"}
+_SECRET = frozenset({"auth_token", "admin_token"})
 
 
 class SettingsError(ValueError):

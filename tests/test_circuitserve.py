@@ -18,3 +18,18 @@ def test_train_refuses_an_unknown_family_and_bad_levels(tmp_path):
 def test_help_lists_the_default_levels():
     result = CliRunner().invoke(app, ["export", "--help"])
     assert result.exit_code == 0 and "1,1/2,1/4,1/8" in result.output
+
+
+def test_export_takes_a_version_and_serve_a_repository(tmp_path, monkeypatch):
+    result = CliRunner().invoke(app, ["export", str(tmp_path), "--version", "0"])
+    assert result.exit_code == 2 and "--version" in result.output
+    import service.app
+    from service.settings import Settings
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(service.app, "serve", seen.append)
+    result = CliRunner().invoke(app, ["serve", "--repository", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen[0].repository == tmp_path and seen[0].bundles == []  # no default bundle trained
+    result = CliRunner().invoke(app, ["serve", "--repository", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "repository directory not found" in result.output

@@ -17,12 +17,14 @@ from starlette.datastructures import Headers
 
 from service import __version__, budget, logs
 from service.engine import Engine
-from service.errors import BadRequest, NotFound, error_docs
+from service.errors import BadRequest, error_docs
 from service.models import ServedModel
 from service.routes.deps import engine, engine_of, timing
-from service.v2_codec import HEADER_LENGTH, encode_response, parse_request
+from service.v2_codec import HEADER_LENGTH, classified, encode_response, parse_request
 
 router = APIRouter(tags=["Open Inference Protocol v2"])
+# Triton's names; model versions, GET /v2/models and gzip/deflate bodies are there too (README)
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
 _MODEL = "/v2/models/{name}"
 _VERSIONED = "/v2/models/{name}/versions/{version}"
 
@@ -76,15 +78,12 @@ async def ready(eng: Engine = Depends(engine)) -> JSONResponse:
 
 @router.get("/v2")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "circuitserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return {"name": "circuitserve", "version": __version__, "extensions": EXTENSIONS}
 
 
 def _model(eng: Engine, name: str, version: str | None) -> ServedModel:
-    """The model named in the path; `/versions/{version}` paths must name its version."""
-    model = eng.model(name)
-    if version is not None and version != model.manifest.version:
-        raise NotFound(f"model {name!r} has no version {version!r}; served: {model.manifest.version!r}")
-    return model
+    """The model named in the path: its latest version, or the one `/versions/{version}` names."""
+    return eng.model_version(name, version)
 
 
 @router.get(_MODEL, responses=error_docs(404, 503))
@@ -93,7 +92,7 @@ async def model_metadata(name: str, request: Request, eng: Engine = Depends(engi
     m = _model(eng, name, request.path_params.get("version")).manifest
     return {
         "name": m.name,
-        "versions": [m.version],
+        "versions": sorted(eng.versions.get(m.name, {m.version: None}), key=int),
         "platform": "onnx_onnxv1",
         "inputs": [{"name": m.input.name, "datatype": m.input.datatype, "shape": m.input.shape}],
         "outputs": [{"name": o.name, "datatype": o.datatype, "shape": o.shape} for o in m.outputs],
@@ -153,4 +152,6 @@ async def answer(
             header["id"] = req.id
         header["parameters"] = params
         outputs = [(n, inference.result.outputs[n], wanted[n]) for n in names if n in wanted]
+        if req.classification:
+            outputs = classified(outputs, req.classification, model.manifest.labels)
         return encode_response(header, outputs)

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export.manifest import Manifest
 from service.app import create_app, uvicorn_config
+from service.runtime import SessionFactory
 from service.settings import Settings
 
 
@@ -73,10 +74,10 @@ def asgi_client(app: FastAPI, ready: bool = True) -> Iterator[TestClient]:
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
+def live_server(settings: Settings, session_factory: SessionFactory | None = None) -> Iterator[str]:
     """A real uvicorn on 127.0.0.1 (free port) in a thread, configured as `serve` does; yields
     "127.0.0.1:PORT"."""
-    app = create_app(settings)
+    app = create_app(settings, session_factory=session_factory)
     config = uvicorn_config(
         app, settings, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=None
     )

@@ -9,9 +9,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from service_helpers import asgi_client, make_settings
 
-from export.manifest import MANIFEST_FILE, Manifest
+from export.manifest import MANIFEST_FILE, BundleError, Manifest, read_manifest
 from service.app import create_app
 
 
@@ -49,3 +50,19 @@ def test_a_schema_1_bundle_serves_like_its_schema_2_twin(
             assert answer.status_code == 200, answer.text
             answers.append(answer.json()["predictions"])
     assert answers[0] == answers[1]
+
+
+def test_the_version_is_read_from_the_manifest_and_is_1_when_absent(
+    bundle_path: Path, tmp_path: Path
+) -> None:
+    copy = shutil.copytree(bundle_path, tmp_path / "versioned")
+    raw = json.loads((copy / MANIFEST_FILE).read_text())
+    raw.pop("version", None)
+    (copy / MANIFEST_FILE).write_text(json.dumps(raw))
+    assert read_manifest(copy).version == "1"  # bundles written before versions
+    (copy / MANIFEST_FILE).write_text(json.dumps({**raw, "version": "12"}))
+    assert read_manifest(copy).version == "12"
+    for bad in ("0", "v2", "1.5", ""):
+        (copy / MANIFEST_FILE).write_text(json.dumps({**raw, "version": bad}))
+        with pytest.raises(BundleError, match="version"):
+            read_manifest(copy)

@@ -74,9 +74,9 @@ def test_response_binary_and_json_outputs() -> None:
         (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}', "999", "outside"),
         (
             b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],'
-            b' "outputs": [{"name": "p", "parameters": {"classification": 2}}]}',
+            b' "outputs": [{"name": "p", "parameters": {"classification": 0}}]}',
             None,
-            "classification",
+            "classification must be a positive integer",
         ),
     ],
 )
