@@ -98,6 +98,10 @@ def export(
     ranking: Annotated[
         str, typer.Option(help="module order: outdegree or random (the control)")
     ] = "outdegree",
+    fp16: Annotated[
+        bool,
+        typer.Option(help="also export each level in FP16 (served on CUDA), kept if it loses <= 0.2 points"),
+    ] = False,
 ) -> None:
     """Export one ONNX graph per level with a measured profile into a bundle directory."""
     _need_train_extra()
@@ -105,7 +109,7 @@ def export(
     from export.inspect import format_levels
 
     with user_errors(ExportError, FileNotFoundError):
-        manifest = export_bundle(checkpoint, out, parse_levels(levels), name=name, ranking=ranking)
+        manifest = export_bundle(checkpoint, out, parse_levels(levels), name=name, ranking=ranking, fp16=fp16)
 
     typer.echo(f"bundle written to {out}")
     typer.echo(format_levels(manifest))
