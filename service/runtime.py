@@ -157,7 +157,7 @@ class _Binding:
     binding: Any
     input: Any  # OrtValue (rows, *input_shape), float32
     outputs: list[Any]  # OrtValues, kept alive with the binding (fixed addresses)
-    run_options: Any
+    run_options: Any  # RunOptions naming the bucket's CUDA graph, or None
 
 
 class LevelRunner:
@@ -243,8 +243,9 @@ class LevelRunner:
             out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
             binding.bind_ortvalue_output(name, out)
             outputs.append(out)
-        options = ort.RunOptions()
+        options = None
         if self.cuda_graph:
+            options = ort.RunOptions()
             options.add_run_config_entry("gpu_graph_id", str(len(batch).bit_length()))
         bound = _Binding(binding, x, outputs, options)
         self._bindings[len(batch)] = bound
