@@ -98,8 +98,9 @@ def preload_cuda_libraries() -> None:
             log.info("onnxruntime.preload_dlls: %s", line.strip())
 
 
-def _cuda(config: SessionConfig) -> tuple[str, dict[str, str]]:
-    return CUDA, ({"enable_cuda_graph": "1"} if config.cuda_graph else {})
+def _cuda(config: SessionConfig) -> str | tuple[str, dict[str, str]]:
+    """The CUDA entry of a session's provider list: with its options only where there are some."""
+    return (CUDA, {"enable_cuda_graph": "1"}) if config.cuda_graph else CUDA
 
 
 def _options(config: SessionConfig) -> ort.SessionOptions:

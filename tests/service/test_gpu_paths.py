@@ -123,7 +123,7 @@ def test_cuda_graph_is_asked_of_the_cuda_provider(bundle_path: Path, manifest: M
     session = create_session(path, SessionConfig("cuda", cuda_graph=True), RecordingGpuSession)
     assert session.asked == [(CUDA, {"enable_cuda_graph": "1"}), CPU]  # type: ignore[attr-defined]
     session = create_session(path, SessionConfig("cuda"), RecordingGpuSession)
-    assert session.asked == [(CUDA, {}), CPU]  # type: ignore[attr-defined]
+    assert session.asked == [CUDA, CPU]  # type: ignore[attr-defined]
 
 
 def test_preload_runs_once_before_the_first_cuda_session(
