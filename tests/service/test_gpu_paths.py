@@ -133,9 +133,8 @@ def test_preload_runs_once_before_the_first_cuda_session(
 
     def factory(*args: Any, **kwargs: Any) -> FakeGpuSession:
         fake_gpu.append("session")
-        return FakeGpuSession(
-            *args, providers=[p[0] if isinstance(p, tuple) else p for p in kwargs["providers"]]
-        )
+        names = [p[0] if isinstance(p, tuple) else p for p in kwargs["providers"]]
+        return FakeGpuSession(args[0], args[1], names)
 
     create_session(path, SessionConfig("cpu"), factory)  # asked for CPU: nothing loaded
     assert fake_gpu == ["session"]
