@@ -1,14 +1,16 @@
 # syntax=docker/dockerfile:1
 #
-# circuitserve images. One file, two flavours that differ only in their base image:
+# circuitserve images. One file, two flavours on the same base (ubuntu 24.04, Python 3.12) that differ
+# only in their default provider and in one install extra:
 #
-#   docker build -t circuitserve:cpu .                           # ubuntu 24.04
-#   docker build -t circuitserve:cuda --build-arg FLAVOR=cuda .  # NVIDIA CUDA 13.0 + cuDNN 9 runtime
+#   docker build -t circuitserve:cpu .                           # the serve deps
+#   docker build -t circuitserve:cuda --build-arg FLAVOR=cuda .  # + the gpu extra: CUDA 13, cuDNN 9
 #
-# The serve deps include onnxruntime-gpu, which runs on CPU too, so both flavours install the same
-# packages with the same command as CI (scripts/install.sh). onnxruntime-gpu on PyPI is built for
-# CUDA 13.0 and cuDNN 9 (onnxruntime.capi.build_and_package_info.cuda_version; tests/deploy checks
-# that the CUDA base below has the same major version).
+# The serve deps include onnxruntime-gpu, which runs on CPU too. The CUDA flavour adds the `gpu`
+# extra: NVIDIA's CUDA 13 and cuDNN 9 runtime wheels from PyPI, which the server loads with
+# onnxruntime.preload_dlls() (service/runtime.py), so no nvidia/cuda base image is needed: the host
+# brings the driver (580+) through the NVIDIA Container Toolkit. Both install with the command CI
+# runs (scripts/install.sh). Sizes: deploy/README.md.
 #
 # Bundles, three ways (BUNDLE_SOURCE, BuildKit builds only the stage chosen):
 #   train    (default) a throwaway stage with the `train` extra trains and exports the digits bundle;
@@ -21,12 +23,15 @@ ARG FLAVOR=cpu
 ARG BUNDLE_SOURCE=train
 
 # ---------------------------------------------------------------------------------------------------
-# Base images: Python 3.12 from Ubuntu 24.04 in both flavours.
+# Base images: Python 3.12 from Ubuntu 24.04 in both flavours. INSTALL_EXTRA is the extra the
+# runtime venv gets (scripts/install.sh).
 FROM ubuntu:24.04 AS base-cpu
-ENV CIRCUITSERVE_PROVIDER=cpu
+ENV CIRCUITSERVE_PROVIDER=cpu \
+    INSTALL_EXTRA=""
 
-FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 AS base-cuda
-ENV CIRCUITSERVE_PROVIDER=auto
+FROM ubuntu:24.04 AS base-cuda
+ENV CIRCUITSERVE_PROVIDER=auto \
+    INSTALL_EXTRA=gpu
 
 # hadolint ignore=DL3006
 FROM base-${FLAVOR} AS python
@@ -53,7 +58,7 @@ COPY scripts/install.sh scripts/
 # when pyproject.toml (or README.md, which it names) changes.
 RUN mkdir -p model export service \
     && touch model/__init__.py export/__init__.py service/__init__.py circuitserve.py \
-    && scripts/install.sh
+    && scripts/install.sh "${INSTALL_EXTRA}"
 # Code layer: the same command again; the dependencies are already satisfied, so only circuitserve
 # itself is rebuilt (pip always reinstalls a local directory). bench/ stays out: the server never
 # needs it, and the command imports it only inside `circuitserve bench`.
@@ -61,7 +66,7 @@ COPY model/ model/
 COPY export/ export/
 COPY service/ service/
 COPY circuitserve.py ./
-RUN scripts/install.sh \
+RUN scripts/install.sh "${INSTALL_EXTRA}" \
     && circuitserve --help > /dev/null \
     && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the runtime image" >&2; exit 1; fi \
     && if python -c "import bench" 2>/dev/null; then echo "bench must not be in the runtime image" >&2; exit 1; fi

@@ -27,7 +27,7 @@ def app() -> Any:
     bundle = Path(os.environ["BARE_BUNDLE"])
     manifest = read_manifest(bundle)
     threads = int(os.environ.get("BARE_THREADS", "1"))
-    config = SessionConfig("cpu", threads, 1)
+    config = SessionConfig(os.environ.get("BARE_PROVIDER", "cpu"), threads, 1)  # bench.gpu_check: cuda
     sessions = {lv.name.replace("/", "_"): create_session(bundle / lv.file, config) for lv in manifest.levels}
     input_name, shape = manifest.input.name, manifest.input.shape[1:]
 

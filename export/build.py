@@ -6,6 +6,13 @@ Per level: the family builds the level's smaller model; a temperature is fitted 
 split and kept if it lowers the validation ECE; the family wraps the model for export (input
 normalisation, logits / T, softmax in the graph); export.onnx writes and checks it; the test split
 gives accuracy, its Wilson interval and the ECE before and after the temperature.
+
+With `fp16`, each level is also exported in FP16 as a level of its own ("1/2@fp16"): its FP32 graph
+converted by export.fp16 (FP16 weights and arithmetic, cast from and to FP32 at the graph's edges:
+input and outputs stay FP32, so clients and the manifest's tensors do not change), checked against
+the FP32 module within FP16_ATOL. Its accuracy is measured on the test
+split from its own graph (onnxruntime CPU, which runs FP16 nodes through inserted casts where it
+lacks FP16 kernels), and it is kept only if it loses at most FP16_MAX_LOSS against its FP32 twin.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ import torch
 from torch import nn
 
 from export.calibration import ECE_BINS, calibrate, expected_calibration_error, softmax, wilson_interval
+from export.fp16 import Fp16Error, to_fp16
 from export.manifest import (
+    CPU_PROVIDER,
+    FP16_SUFFIX,
     MANIFEST_FILE,
     Calibration,
     InputSpec,
@@ -36,7 +46,7 @@ from export.manifest import (
     TensorSpec,
     sha256_file,
 )
-from export.onnx import PARITY_ATOL, ExportError, onnx_export
+from export.onnx import FP16_ATOL, PARITY_ATOL, ExportError, check_parity, onnx_export
 from export.plot import plot_tradeoff
 from export.profile import code_version, cpu_session, machine_description, profile_threads, time_batches
 from model import levels
@@ -46,6 +56,7 @@ from model.train import load_checkpoint
 
 __all__ = ["PARITY_ATOL", "ExportError", "export_bundle"]
 INPUT_NAME, OUTPUT_NAMES = "input", ("logits", "probabilities")
+FP16_MAX_LOSS = 0.002  # an FP16 level is kept if its test accuracy is at most 0.2 points below FP32's
 
 
 def _log(msg: str) -> None:
@@ -70,8 +81,9 @@ def export_level(
     val: Split,
     test: Split,
     directory: Path,
-) -> Level:
-    """One level: prune, calibrate, export, check, measure."""
+    fp16: bool = False,
+) -> list[Level]:
+    """One level: prune, calibrate, export, check, measure; with `fp16`, its FP16 twin too if kept."""
     total = family.units(model)
     kept, knobs = family.settings(model, fraction)
     small = family.level(model, order[:kept], knobs)
@@ -93,10 +105,93 @@ def export_level(
         test.x,
         PARITY_ATOL / min(1.0, temperature),
     )
+    level = _measured(
+        name, fraction, kept, family, small, path, logits, probs, temperature, val_before, val_after, test
+    )
+    levels_out = [level]
+    if fp16:
+        half = export_fp16(family, small, module, fraction, kept, path, level, temperature, test)
+        if half is not None:
+            levels_out.append(half)
+    return levels_out
+
+
+def export_fp16(
+    family: Family,
+    small: nn.Module,
+    module: nn.Module,
+    fraction: Fraction,
+    kept: int,
+    fp32_path: Path,
+    fp32: Level,
+    temperature: float,
+    test: Split,
+) -> Level | None:
+    """The FP16 twin of an exported level, or None (and why, logged) if it loses too much accuracy
+    or its graph fails its checks (outputs not finite, or farther than FP16_ATOL from FP32).
+    Parity is checked against the FP32 module within FP16_ATOL; a row whose class flips there is
+    counted by the accuracy, which is what decides. The temperature and the validation ECE figures
+    are the FP32 twin's (fitted on its logits); the test ECE is the FP16 graph's own."""
+    name = fp32.name + FP16_SUFFIX
+    path = fp32_path.with_name(fp32_path.name.replace(".onnx", "-fp16.onnx"))
+    try:
+        graph = to_fp16(onnx.load(str(fp32_path)))
+        onnx.checker.check_model(graph, full_check=True)
+        onnx.save(graph, str(path))
+        logits, probs = check_parity(
+            module, path, INPUT_NAME, OUTPUT_NAMES, test.x, FP16_ATOL, same_argmax=False
+        )
+    except (ExportError, Fp16Error, onnx.checker.ValidationError) as exc:
+        _log(f"level {name}: dropped, its FP16 graph fails its checks: {exc}")
+        path.unlink(missing_ok=True)
+        return None
+    cal = fp32.calibration
+    assert cal is not None
+    level = _measured(
+        name,
+        fraction,
+        kept,
+        family,
+        small,
+        path,
+        logits,
+        probs,
+        temperature,
+        cal.validation_ece_uncalibrated,
+        cal.validation_ece,
+        test,
+        precision="fp16",
+    )
+    loss = fp32.accuracy - level.accuracy
+    if loss > FP16_MAX_LOSS:
+        _log(f"level {name}: dropped, {100 * loss:.2f} points below FP32 (at most {100 * FP16_MAX_LOSS:.1f})")
+        path.unlink()
+        return None
+    _log(f"level {name}: kept, {100 * loss:+.2f} points against FP32")
+    return level
+
+
+def _measured(
+    name: str,
+    fraction: Fraction,
+    kept: int,
+    family: Family,
+    small: nn.Module,
+    path: Path,
+    logits: np.ndarray,
+    probs: np.ndarray,
+    temperature: float,
+    val_before: float,
+    val_after: float,
+    test: Split,
+    precision: str = "fp32",
+) -> Level:
+    """A level's manifest entry from its graph's outputs on the test split, timed on CPU."""
     correct, n = int((logits.argmax(-1) == test.y).sum()), len(test.y)
     low, high = wilson_interval(correct, n)
     level = Level(
         name=name,
+        precision=precision,  # type: ignore[arg-type]
         keep_fraction=float(fraction),
         units=kept,
         knobs=family.knobs(small),
@@ -113,7 +208,11 @@ def export_level(
             validation_ece_uncalibrated=round(val_before, 4),
             bins=ECE_BINS,
         ),
-        latency=time_batches(cpu_session(path), test.x.shape[1:]),
+        # an FP16 level is served on CUDA only: not timed on CPU (where inserted casts make it slow);
+        # the server measures it at warm-up
+        latency={}
+        if precision == "fp16"
+        else {CPU_PROVIDER: time_batches(cpu_session(path), test.x.shape[1:])},
         params=sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer),
         flops=family.flops(small),
     )
@@ -121,8 +220,8 @@ def export_level(
     assert cal is not None
     _log(
         f"level {name}: accuracy {level.accuracy:.4f} [{low:.4f}, {high:.4f}] of {n}, "
-        f"ECE {cal.ece_uncalibrated:.4f} -> {cal.ece:.4f} (T {cal.temperature:.3f}), "
-        f"batch-128 median {level.latency[-1].median_ms:.2f} ms"
+        f"ECE {cal.ece_uncalibrated:.4f} -> {cal.ece:.4f} (T {cal.temperature:.3f})"
+        + (f", batch-128 median {t[-1].median_ms:.2f} ms" if (t := level.latency_on(CPU_PROVIDER)) else "")
     )
     return level
 
@@ -134,6 +233,7 @@ def export_bundle(
     name: str | None = None,
     ranking: str = "outdegree",
     version: str = "1",
+    fp16: bool = False,
 ) -> Manifest:
     try:
         levels.validate(fractions)
@@ -155,8 +255,9 @@ def export_bundle(
     tmp.mkdir(parents=True)
     try:
         entries = [
-            export_level(family, model, f, order, norm, data.val, data.test, tmp)
+            entry
             for f in sorted(fractions, reverse=True)
+            for entry in export_level(family, model, f, order, norm, data.val, data.test, tmp, fp16)
         ]
         manifest = Manifest(
             family=family.name,

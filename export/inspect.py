@@ -17,9 +17,10 @@ def _calibration(lv: Level) -> str:
 
 
 def format_levels(manifest: Manifest) -> str:
-    batches = [s.batch_size for s in manifest.levels[0].latency]
+    provider = manifest.profile.provider  # the export's table; a level lacking it shows "-"
+    batches = sorted({s.batch_size for lv in manifest.levels for s in lv.latency_on(provider)})
     unit = manifest.unit[:8]
-    head = f"{'level':>6} {'keep':>6} {unit:>8} {'accuracy':>8} {'95% interval (Wilson)':>26} "
+    head = f"{'level':>10} {'keep':>6} {unit:>8} {'accuracy':>8} {'95% interval (Wilson)':>26} "
     head += f"{'ECE (before->after, T)':>24} {'params':>8} {'MFLOPs':>7}"
     head += "".join(f" {'b' + str(b) + ' ms':>9}" for b in batches)
     rows = [
@@ -31,8 +32,10 @@ def format_levels(manifest: Manifest) -> str:
         head,
     ]
     for lv in manifest.sorted_levels():
-        row = f"{lv.name:>6} {lv.keep_fraction:6.3f} {lv.units:8d} {lv.accuracy:8.4f} {_interval(lv):>26} "
+        row = f"{lv.name:>10} {lv.keep_fraction:6.3f} {lv.units:8d} {lv.accuracy:8.4f} {_interval(lv):>26} "
         row += f"{_calibration(lv):>24} {lv.params:8d} {lv.flops / 1e6:7.2f}"
-        row += "".join(f" {s.median_ms:9.3f}" for s in lv.latency)
-        rows.append(row)
+        table = {s.batch_size: s.median_ms for s in lv.latency_on(provider)}
+        row += "".join(f" {table[b]:9.3f}" if b in table else f" {'-':>9}" for b in batches)
+        others = sorted(set(lv.latency) - {provider})
+        rows.append(row + (f"  (also measured on {', '.join(others)})" if others else ""))
     return "\n".join(rows)

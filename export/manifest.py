@@ -9,6 +9,11 @@ interval beside the accuracy, and its calibration. `version` (a positive integer
 absent) is the model version a server publishes the bundle under; `labels` name the classes.
 Schema-1 manifests (NAC only, `modules` per
 level) are still read: `_upgrade` turns them into schema 2 with those new figures absent.
+
+Schema 3 keys a level's latency table by execution provider (`{"CPUExecutionProvider": [...]}`)
+and marks its `precision`: an FP16 level is a level of its own (`name` "1/2@fp16", same keep
+fraction as its FP32 twin), with its own measured accuracy. Schema-1 and -2 tables are one unkeyed
+list, measured on CPU: they are read as the CPU table, and their levels are FP32.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 MANIFEST_FILE = "manifest.json"
+CPU_PROVIDER: Final = "CPUExecutionProvider"  # the provider an unkeyed (schema 1-2) table was measured on
+FP16_SUFFIX: Final = "@fp16"  # an FP16 level's name is its FP32 twin's name + this
 
 
 class BundleError(ValueError):
@@ -86,9 +93,24 @@ class Level(_Strict):
     test_size: int | None = Field(default=None, gt=0, description="test examples behind `accuracy`")
     accuracy_interval: Interval | None = None
     calibration: Calibration | None = None
-    latency: list[LatencyStat] = Field(description="onnxruntime CPU latency per batch size")
+    precision: Literal["fp32", "fp16"] = Field(
+        default="fp32", description="fp16: FP16 weights and arithmetic inside, FP32 input and outputs"
+    )
+    latency: dict[str, list[LatencyStat]] = Field(
+        description="onnxruntime latency per batch size, per execution provider it was measured on"
+    )
     params: int = Field(ge=0)
     flops: int = Field(ge=0, description="multiply-adds x2 per example")
+
+    @field_validator("latency", mode="before")
+    @classmethod
+    def _keyed(cls, v: object) -> object:
+        """A schema 1-2 table (one list) was measured on CPU."""
+        return {CPU_PROVIDER: v} if isinstance(v, list) else v
+
+    def latency_on(self, provider: str) -> list[LatencyStat]:
+        """The table measured on `provider` (e.g. "CUDAExecutionProvider"); empty if none was."""
+        return self.latency.get(provider, [])
 
     @field_validator("file")
     @classmethod
@@ -115,7 +137,7 @@ class Provenance(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1, 2] = SCHEMA_VERSION  # as written; a schema-1 file is read as schema 2
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION  # as written; older files are read as schema 3
     family: str = Field(default="nac", description='the model family, e.g. "nac"')
     unit: str = Field(default="modules", description="what a level drops")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -155,9 +177,9 @@ class Manifest(_Strict):
         names = [lv.name for lv in self.levels]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate level names: {names}")
-        fractions = [lv.keep_fraction for lv in self.levels]
+        fractions = [(lv.keep_fraction, lv.precision) for lv in self.levels]
         if len(set(fractions)) != len(fractions):
-            raise ValueError(f"duplicate keep fractions: {fractions}")
+            raise ValueError(f"duplicate keep fractions (per precision): {fractions}")
         size = 1
         for d in self.input.shape[1:]:
             size *= d
@@ -170,9 +192,11 @@ class Manifest(_Strict):
                 )
         return self
 
-    def sorted_levels(self) -> list[Level]:
-        """Levels from the largest keep fraction (most accurate, slowest) down."""
-        return sorted(self.levels, key=lambda lv: -lv.keep_fraction)
+    def sorted_levels(self, precisions: tuple[str, ...] = ("fp32", "fp16")) -> list[Level]:
+        """Levels of those precisions from the largest keep fraction (most accurate, slowest) down,
+        an FP32 level before its FP16 twin."""
+        chosen = [lv for lv in self.levels if lv.precision in precisions]
+        return sorted(chosen, key=lambda lv: (-lv.keep_fraction, lv.precision != "fp32"))
 
 
 def sha256_file(path: Path) -> str:

@@ -25,8 +25,9 @@ def plot_tradeoff(manifest: Manifest, path: Path, batch_size: int = 128) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = manifest.sorted_levels()
-    lat = [next(s.median_ms for s in lv.latency if s.batch_size == batch_size) for lv in levels]
+    levels = manifest.sorted_levels(("fp32",))  # FP16 twins are listed by `circuitserve inspect`
+    provider = manifest.profile.provider
+    lat = [next(s.median_ms for s in lv.latency_on(provider) if s.batch_size == batch_size) for lv in levels]
     full = lat[0]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     acc = [100 * lv.accuracy for lv in levels]

@@ -4,6 +4,7 @@
 #
 #   scripts/install.sh             pip install .             runtime image: the serve deps, no torch
 #   scripts/install.sh train       pip install '.[train]'    image stage that trains and exports a bundle
+#   scripts/install.sh gpu         pip install '.[gpu]'      CUDA image: the serve deps + CUDA 13 and cuDNN 9
 #   scripts/install.sh -e all      pip install -e '.[all]'   CI, the test command, developers
 #
 # PYTHON picks the interpreter (default: python on PATH). pip reads its other settings from the
@@ -24,7 +25,7 @@ fi
 [ "$#" -le 1 ] || usage
 extras="${1:-}"
 case "$extras" in
-    "" | all | train | dev) ;;
+    "" | all | train | dev | gpu) ;;
     *) usage ;;
 esac
 

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.manifest import Level, Manifest, load_bundle
+from service import runtime
 from service.batcher import Batcher
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -65,27 +66,52 @@ def open_model(
     metrics: Metrics,
     session_factory: SessionFactory = ort.InferenceSession,
 ) -> ServedModel:
-    """Create one session per level (blocking: call it off the event loop)."""
+    """Create one session per level (blocking: call it off the event loop). FP16 levels are served
+    on CUDA only: on CPU onnxruntime runs FP16 through inserted casts, slower than the FP32 twin."""
     config = SessionConfig(
         provider=settings.provider,
         intra_op_threads=settings.intra_op_threads or manifest.profile.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
+        cuda_graph=settings.cuda_graphs,
     )
-    levels, watchdog = [], Watchdog(INLINE_BOUND_S)
+    levels, skipped, watchdog = [], [], Watchdog(INLINE_BOUND_S)
     for level in manifest.sorted_levels():
+        if level.precision == "fp16" and config.provider == "cpu":
+            skipped.append(level.name)
+            continue
         model_bytes = _verified(path, level)
         session = create_session(path / level.file, config, session_factory, model_bytes)
         if config.provider == "auto":  # one probe decides the provider for the rest
-            config = SessionConfig("cuda" if session.get_providers()[0] == CUDA else "cpu", *_threads(config))
+            config = replace(config, provider="cuda" if session.get_providers()[0] == CUDA else "cpu")
+            if level.precision == "fp16" and config.provider == "cpu":
+                skipped.append(level.name)
+                continue
         if settings.intra_op_threads is None and config.provider == "cpu":
             session = _fastest_threads(
                 path / level.file, model_bytes, session, config, manifest, settings, session_factory
             )
-        # on CPU only: a GPU run's time is the device's, and not the loop's to spend
-        dog = watchdog if config.provider == "cpu" else None
-        runner = LevelRunner(session, manifest.input.name, [o.name for o in manifest.outputs], dog)
-        log.info("%s level %s: %s on %s", manifest.name, level.name, level.file, runner.provider)
+        # inline on CPU only: a GPU run's time is the device's, and not the loop's to spend
+        runner = _runner(session, manifest, settings, watchdog if config.provider == "cpu" else None)
+        log.info(
+            "%s level %s: %s on %s%s",
+            manifest.name,
+            level.name,
+            level.file,
+            runner.provider,
+            ", batches padded to powers of two" if runner.buckets else "",
+        )
+        if not level.latency_on(runner.provider):
+            log.info(
+                "%s level %s: no %s profile in the bundle, measured at warm-up",
+                manifest.name,
+                level.name,
+                runner.provider,
+            )
         levels.append(_served_level(manifest.name, level, runner, settings, metrics))
+    if skipped:
+        log.info("%s: FP16 levels %s not served on CPU (FP32 twins are)", manifest.name, ", ".join(skipped))
+    if not levels:
+        raise StartupError(f"{manifest.name}: only FP16 levels, which are served on CUDA only")
     model = ServedModel(manifest, path, levels)
     if settings.default_level is not None:
         try:
@@ -97,6 +123,24 @@ def open_model(
     return model
 
 
+def _runner(
+    session: Session, manifest: Manifest, settings: Settings, watchdog: Watchdog | None
+) -> LevelRunner:
+    """On CUDA: I/O binding into device buffers, batches bucketed unless batch_buckets is false, and
+    CUDA graphs if asked for. On CPU: session.run, bucketed only if batch_buckets is true."""
+    cuda = session.get_providers()[0] == CUDA
+    buckets = cuda if settings.batch_buckets is None else settings.batch_buckets
+    return LevelRunner(
+        session,
+        manifest.input.name,
+        [o.name for o in manifest.outputs],
+        buckets=buckets,
+        bind_device=runtime.CUDA_DEVICE if cuda else None,
+        cuda_graph=cuda and settings.cuda_graphs,
+        watchdog=watchdog,
+    )
+
+
 def _verified(bundle: Path, level: Level) -> bytes:
     """The level file's bytes, checked again against the manifest: the session is made from these."""
     data = (bundle / level.file).read_bytes()
@@ -106,10 +150,6 @@ def _verified(bundle: Path, level: Level) -> bytes:
             "the file changed after export (or after the bundle was verified)"
         )
     return data
-
-
-def _threads(config: SessionConfig) -> tuple[int, int]:
-    return config.intra_op_threads, config.inter_op_threads
 
 
 def _fastest_threads(
@@ -177,7 +217,7 @@ def _served_level(
         run_inline=runner.inline,
         cost_s=lambda n: served.correction.ratio * served.profile.predict_ms(n) / 1000,
     )
-    served = ServedLevel(level, runner, batcher, profile_of(level))
+    served = ServedLevel(level, runner, batcher, profile_of(level, runner.provider))
     metrics.add_level(model, level.name, lambda: batcher.queued_samples)
     return served
 
@@ -189,6 +229,10 @@ def warm_up(level: ServedLevel, shape: list[int], runs: int, max_batch_size: int
     often (up to ~10 ms each size), so a noisy run cannot decide which level is fastest at idle."""
     rng = np.random.default_rng(0)
     sizes = sorted({min(b, max_batch_size) for b, _ in level.profile.latency_ms} | {1, max_batch_size})
+    if level.runner.buckets:  # every bucket runs (and, with CUDA graphs, is captured) before ready
+        sizes = sorted(
+            set(sizes) | {1 << k for k in range(max_batch_size.bit_length()) if 1 << k < max_batch_size}
+        )
     points = []
     for b in sizes:
         x = rng.standard_normal((b, *shape)).astype(np.float32)

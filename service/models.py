@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import Level, Manifest
+from export.manifest import CPU_PROVIDER, Level, Manifest
 from model import levels
 from service.batcher import Batcher
 from service.errors import BadRequest, NotFound
@@ -25,8 +25,20 @@ INPUT_BOUND = np.float32(2.0**100)
 INPUT_LIMIT = 2.0**100 - 2.0**75
 
 
-def profile_of(level: Level) -> LevelProfile:
-    points = tuple(sorted((s.batch_size, s.median_ms) for s in level.latency))
+# Batch sizes warm-up measures for a level whose bundle has no table for the served provider.
+UNPROFILED_BATCHES = (1, 8, 32, 128)
+
+
+def profile_of(level: Level, provider: str = CPU_PROVIDER) -> LevelProfile:
+    """The level's profile from the bundle's table for `provider`. Without one (a bundle exported on
+    a CPU machine, served on CUDA) the points are placeholders at UNPROFILED_BATCHES: warm-up
+    (service.loader.warm_up) measures every level on the served provider before the server is ready,
+    and the policy runs on that measured profile."""
+    table = level.latency_on(provider)
+    if table:
+        points = tuple(sorted((s.batch_size, s.median_ms) for s in table))
+    else:
+        points = tuple((b, float(b)) for b in UNPROFILED_BATCHES)
     interval = level.accuracy_interval
     low = None if interval is None else interval.low
     return LevelProfile(level.name, level.keep_fraction, level.accuracy, points or ((1, 1.0),), low)

@@ -2,10 +2,19 @@
 
 onnxruntime-gpu lists CUDA as available even without a usable GPU, so the provider is decided from
 the providers of a session once it is created, never from `get_available_providers()` alone.
+
+On CUDA (see LevelRunner): the CUDA 13 / cuDNN 9 libraries of the `gpu` extra are loaded with
+`onnxruntime.preload_dlls()` before the first CUDA session; batches are padded to a power of two
+(`bucket`), so the CUDA EP sees a few shapes and reuses its kernels; input and outputs go through
+I/O binding, into buffers kept per bucket, and the outputs are copied once into host memory; with
+`cuda_graph` each bucket is captured as its own CUDA graph (`gpu_graph_id`), which needs exactly
+those fixed-address buffers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import threading
 import time
@@ -30,6 +39,8 @@ class Session(Protocol):
     def get_inputs(self) -> Sequence[Any]: ...
     def get_outputs(self) -> Sequence[Any]: ...
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[Any]: ...
+    def io_binding(self) -> Any: ...
+    def run_with_iobinding(self, iobinding: Any, run_options: Any = None) -> None: ...
 
 
 SessionFactory = Callable[..., Session]
@@ -59,6 +70,39 @@ class SessionConfig:
     provider: str = "auto"  # auto | cpu | cuda
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    cuda_graph: bool = False  # CUDA EP option enable_cuda_graph (only used on CUDA)
+
+
+# The onnxruntime device name of a CUDA session's buffers (OrtValue device_type).
+CUDA_DEVICE = "cuda"
+_preloaded: list[bool] = []  # once per process
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA 13 and cuDNN 9 (the `gpu` extra's nvidia-* wheels, else the system's) before the first
+    CUDA session, with onnxruntime's own `preload_dlls()`. Called only when a GPU is present and CUDA
+    is asked for, so a CPU host never tries. onnxruntime prints what it cannot load; that goes to our
+    log (a session that then fails on CUDA says so in its own message)."""
+    if _preloaded:
+        return
+    _preloaded.append(True)
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:  # onnxruntime before 1.21: the libraries must be on the loader's path
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as exc:  # a bad directory or a broken wheel: the session will tell
+        log.warning("onnxruntime.preload_dlls failed: %s: %s", type(exc).__name__, exc)
+    for line in printed.getvalue().splitlines():
+        if line.strip():
+            log.info("onnxruntime.preload_dlls: %s", line.strip())
+
+
+def _cuda(config: SessionConfig) -> str | tuple[str, dict[str, str]]:
+    """The CUDA entry of a session's provider list: with its options only where there are some."""
+    return (CUDA, {"enable_cuda_graph": "1"}) if config.cuda_graph else CUDA
 
 
 def _options(config: SessionConfig) -> ort.SessionOptions:
@@ -90,7 +134,8 @@ def create_session(
             f"(none of {', '.join(map(str, GPU_DEVICE_PATHS))}); use provider 'auto' or 'cpu'"
         )
     if config.provider in ("auto", "cuda") and gpu and CUDA in ort.get_available_providers():
-        session = factory(source, options, providers=[CUDA, CPU])
+        preload_cuda_libraries()
+        session = factory(source, options, providers=[_cuda(config), CPU])
         if session.get_providers()[0] == CUDA:
             return session
         if config.provider == "auto":
@@ -144,18 +189,46 @@ class Watchdog:
                 self.ended += 1
 
 
+def bucket(rows: int) -> int:
+    """The power of two a batch of `rows` is padded to."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+@dataclass
+class _Binding:
+    """One bucket's I/O binding: input and output buffers on the session's device, bound once."""
+
+    binding: Any
+    input: Any  # OrtValue (rows, *input_shape), float32
+    outputs: list[Any]  # OrtValues, kept alive with the binding (fixed addresses)
+    run_options: Any  # RunOptions naming the bucket's CUDA graph, or None
+
+
 class LevelRunner:
-    """Runs one level's graph on a batch: input array in, {output name: array} out. With a
-    watchdog, and a plain onnxruntime session (whose run the watchdog can end), `inline` runs a
-    batch on the event loop under the watchdog; else `inline` is None."""
+    """Runs one level's graph on a batch: input array in, {output name: array} out.
+
+    `buckets`: pad each batch with zero rows to a power of two and slice the answer (the padding
+    never reaches the caller). `bind_device` ("cuda" on a CUDA session, "cpu" to exercise the path
+    on a CPU one): run through I/O binding, into per-bucket buffers on that device, the outputs
+    copied once to host; None runs `session.run`. `cuda_graph`: the session was created with
+    enable_cuda_graph; each bucket then replays its own graph (gpu_graph_id = log2(bucket) + 1).
+    With a watchdog, and a plain CPU session run as it is (no buckets, no binding), `inline` runs a
+    batch on the event loop under the watchdog; else `inline` is None.
+    """
 
     def __init__(
         self,
         session: Session,
         input_name: str,
         output_names: Sequence[str],
+        *,
+        buckets: bool = False,
+        bind_device: str | None = None,
+        cuda_graph: bool = False,
         watchdog: Watchdog | None = None,
     ) -> None:
+        if cuda_graph and not (buckets and bind_device):
+            raise ValueError("CUDA graphs need fixed shapes and buffers: buckets and I/O binding")
         have_inputs = [i.name for i in session.get_inputs()]
         have_outputs = [o.name for o in session.get_outputs()]
         if have_inputs != [input_name]:
@@ -167,8 +240,16 @@ class LevelRunner:
         self.input_name = input_name
         self.output_names = list(output_names)
         self.provider = session.get_providers()[0]
+        self.buckets = buckets
+        self.bind_device = bind_device
+        self.cuda_graph = cuda_graph
+        shapes = {o.name: o.shape for o in session.get_outputs()}
+        self._output_rows = {n: list(shapes[n])[1:] for n in self.output_names}
+        self._bindings: dict[int, _Binding] = {}
+        # inline (on the event loop, under the watchdog): a plain CPU session run as it is; a
+        # subclass's run may block where no flag reaches, and a bucketed or bound run is not plain
         plain = isinstance(session, ort.InferenceSession) and type(session).run is ort.InferenceSession.run
-        self.watchdog = watchdog if plain else None  # a subclass's run may block where no flag reaches
+        self.watchdog = watchdog if plain and not buckets and bind_device is None else None
         self.inline: Callable[[np.ndarray], dict[str, np.ndarray]] | None = (
             None if self.watchdog is None else self._inline
         )
@@ -184,8 +265,52 @@ class LevelRunner:
         return {name: np.asarray(v) for name, v in zip(self.output_names, values, strict=True)}
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        rows = len(batch)
+        size = bucket(rows) if self.buckets else rows
+        if size != rows:
+            batch = np.concatenate([batch, np.zeros((size - rows, *batch.shape[1:]), batch.dtype)])
         try:
-            values = self.session.run(self.output_names, {self.input_name: batch})
+            if self.bind_device is None:
+                values = self.session.run(self.output_names, {self.input_name: batch})
+            else:
+                values = self._run_bound(batch)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}") from exc
-        return {name: np.asarray(v) for name, v in zip(self.output_names, values, strict=True)}
+        return {name: np.asarray(v)[:rows] for name, v in zip(self.output_names, values, strict=True)}
+
+    def _run_bound(self, batch: np.ndarray) -> list[np.ndarray]:
+        assert self.bind_device is not None
+        if not self.buckets:  # any shape: a fresh binding, outputs allocated by onnxruntime there
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+            for name in self.output_names:
+                binding.bind_output(name, self.bind_device)
+            self.session.run_with_iobinding(binding)
+            return list(binding.copy_outputs_to_cpu())
+        bound = self._bindings.get(len(batch)) or self._bind(batch)
+        bound.input.update_inplace(np.ascontiguousarray(batch))
+        self.session.run_with_iobinding(bound.binding, bound.run_options)
+        return list(bound.binding.copy_outputs_to_cpu())  # the one device-to-host copy
+
+    def _bind(self, batch: np.ndarray) -> _Binding:
+        """Buffers for one bucket, kept for the runner's life (a CUDA graph replays on them)."""
+        device = self.bind_device
+        assert device is not None
+        binding = self.session.io_binding()
+        x = ort.OrtValue.ortvalue_from_shape_and_type(list(batch.shape), batch.dtype, device, 0)
+        binding.bind_ortvalue_input(self.input_name, x)
+        outputs = []
+        for name in self.output_names:
+            shape = [len(batch), *self._output_rows[name]]
+            if not all(isinstance(d, int) for d in shape):
+                raise ValueError(f"output {name!r} has a dynamic shape {shape}: cannot preallocate it")
+            out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
+            binding.bind_ortvalue_output(name, out)
+            outputs.append(out)
+        options = None
+        if self.cuda_graph:
+            options = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", str(len(batch).bit_length()))
+        bound = _Binding(binding, x, outputs, options)
+        self._bindings[len(batch)] = bound
+        return bound

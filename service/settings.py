@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(default=1, ge=1)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_buckets: bool | None = Field(
+        default=None,
+        description="pad every batch to a power of two and slice the answer; None = on CUDA only",
+    )
+    cuda_graphs: bool = Field(
+        default=False,
+        description="on CUDA, capture one CUDA graph per batch bucket (needs buckets; not yet measured)",
+    )
     warmup_runs: int = Field(default=3, ge=1, description="runs per profiled batch size before ready")
     drain_timeout_s: float = Field(
         default=20.0, ge=0, description="SIGTERM to exit, at most: in-flight requests finish within it"
@@ -105,6 +113,16 @@ class Settings(BaseSettings):
             raise ValueError(f"repository directory not found: {repository}")
         return repository
 
+    @model_validator(mode="after")
+    def _cuda_graphs_need_buckets(self) -> Settings:
+        if self.cuda_graphs and (self.batch_buckets is False or self.provider == "cpu"):
+            raise ValueError(
+                "cuda_graphs needs batch_buckets (fixed shapes) and provider auto or cuda, got "
+                f"batch_buckets={self.batch_buckets}, provider={self.provider!r} (set "
+                "CIRCUITSERVE_CUDA_GRAPHS, CIRCUITSERVE_BATCH_BUCKETS, CIRCUITSERVE_PROVIDER)"
+            )
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
@@ -129,6 +147,9 @@ def describe(exc: ValidationError) -> str:
         what = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             parts.append(f"{name}: no such setting (CIRCUITSERVE_{name.upper()})")
+            continue
+        if not err["loc"]:  # a check across settings (model_validator) names them itself
+            parts.append(what)
             continue
         if err["type"] != "value_error" and name not in _SECRET:  # our own validators name the value
             what += f", got {_short(err.get('input'))}"

@@ -1,6 +1,6 @@
 """The Dockerfile, checked statically (no Docker engine runs here): hadolint, and the properties the
 images promise (no torch at run time, non-root, health check on readiness, settings from the
-environment, CUDA base matching onnxruntime-gpu, dependency layer before code layer)."""
+environment, the CUDA flavour's gpu extra matching onnxruntime-gpu, dependency layer before code layer)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import fnmatch
 import importlib.util
 import re
 import shlex
+import shutil
 import subprocess
 import threading
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +20,7 @@ from types import ModuleType
 
 import pytest
 from deploy_helpers import REPO, Stage, dockerfile_stages, settings_fields, tool
+from packaging.requirements import Requirement
 
 DOCKERFILE = REPO / "Dockerfile"
 PREAMBLE, STAGES = dockerfile_stages(DOCKERFILE)
@@ -59,34 +62,60 @@ def test_hadolint_ignores_are_explained() -> None:
         )
 
 
-def test_cpu_and_cuda_flavours_differ_only_in_base_image() -> None:
+def test_cpu_and_cuda_flavours_differ_only_in_provider_and_extra() -> None:
+    """One slim base for both (no nvidia/cuda image): CUDA and cuDNN come from the gpu extra."""
     cpu, cuda = BY_NAME["base-cpu"], BY_NAME["base-cuda"]
-    assert cpu.base.startswith("ubuntu:")
-    match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn-runtime-ubuntu([\d.]+)", cuda.base)
-    assert match, f"CUDA base must be an nvidia/cuda cuDNN runtime tag, got {cuda.base}"
-    assert cpu.base == f"ubuntu:{match.group(4)}", "both flavours on the same Ubuntu, so the same Python"
-    # Beyond the base image, the flavours only set the default provider.
+    assert cpu.base.startswith("ubuntu:") and cuda.base == cpu.base, (cpu.base, cuda.base)
     for stage in (cpu, cuda):
         assert {i.keyword for i in stage.instructions} <= {"ENV"}
-        assert set(_env(stage)) == {"CIRCUITSERVE_PROVIDER"}
+        assert set(_env(stage)) == {"CIRCUITSERVE_PROVIDER", "INSTALL_EXTRA"}
+    assert (_env(cpu)["INSTALL_EXTRA"], _env(cuda)["INSTALL_EXTRA"]) == ("", "gpu")
     assert any(i.arguments == "FLAVOR=cpu" for i in PREAMBLE if i.keyword == "ARG")
     assert BY_NAME["python"].base == "base-${FLAVOR}"
+    # both installs of the runtime venv (dependency layer, code layer) take the flavour's extra
+    installs = [i.arguments for i in BY_NAME["build"].all("RUN") if "scripts/install.sh" in i.arguments]
+    assert len(installs) == 2 and all('scripts/install.sh "${INSTALL_EXTRA}"' in a for a in installs)
 
 
-def test_cuda_base_matches_the_onnxruntime_gpu_build() -> None:
-    """onnxruntime-gpu from PyPI is built against one CUDA major; the CUDA image must carry it."""
+GPU_EXTRA = [
+    Requirement(r)
+    for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+]
+# the wheel that ships each CUDA library libonnxruntime_providers_cuda.so links (libcuda.so.1 is the
+# driver's, from the host)
+CUDA_LIBRARY_WHEELS = {
+    "libcublasLt": "nvidia-cublas",
+    "libcublas": "nvidia-cublas",
+    "libcudart": "nvidia-cuda-runtime",
+    "libcurand": "nvidia-curand",
+}
+
+
+def test_gpu_extra_matches_the_onnxruntime_gpu_build() -> None:
+    """onnxruntime-gpu from PyPI is built against one CUDA major and cuDNN 9; the gpu extra (the
+    CUDA image's libraries) must bring that major, and a wheel for every CUDA library it links."""
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.fail("onnxruntime is a base dependency and must be installed")
     from onnxruntime.capi import build_and_package_info as info
 
     if getattr(info, "package_name", "") != "onnxruntime-gpu":
         pytest.skip(f"{info.package_name} installed here (not linux x86_64): no CUDA build to compare")
-    cuda_major = int(str(info.cuda_version).split(".")[0])
-    image_major = int(BY_NAME["base-cuda"].base.removeprefix("nvidia/cuda:").split(".")[0])
-    assert image_major == cuda_major, (
-        f"onnxruntime-gpu {info.__version__} is built for CUDA {info.cuda_version}, "
-        f"the CUDA image is {BY_NAME['base-cuda'].base}"
-    )
+    cuda_major = str(info.cuda_version).split(".")[0]
+    by_name = {r.name: r for r in GPU_EXTRA}
+    assert f"nvidia-cudnn-cu{cuda_major}" in by_name, f"cuDNN for CUDA {cuda_major}: {sorted(by_name)}"
+    for name in ("nvidia-cublas", "nvidia-cuda-runtime"):
+        assert by_name[name].specifier.contains(f"{cuda_major}.0"), (name, by_name[name], info.cuda_version)
+        assert not by_name[name].specifier.contains(f"{int(cuda_major) + 1}.0"), by_name[name]
+    assert by_name["onnxruntime-gpu"].specifier.contains(info.__version__)
+    provider = Path(info.__file__).parent / "libonnxruntime_providers_cuda.so"
+    if shutil.which("readelf") is None:
+        pytest.skip("no readelf here to list what the CUDA provider links")
+    dynamic = subprocess.run(["readelf", "-d", str(provider)], capture_output=True, text=True, check=True)
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(lib[A-Za-z]+)\.so", dynamic.stdout)
+    cuda_libs = [n for n in needed if n.startswith(("libcu", "libnv")) and n != "libcuda"]
+    assert cuda_libs, dynamic.stdout
+    for lib in cuda_libs:
+        assert CUDA_LIBRARY_WHEELS.get(lib) in by_name, f"{lib} is linked; which gpu-extra wheel ships it?"
 
 
 def test_pip_runs_only_through_the_shared_install_script() -> None:
@@ -102,7 +131,9 @@ def test_pip_runs_only_through_the_shared_install_script() -> None:
             ]
     assert calls, "the Dockerfile must install through scripts/install.sh"
     for stage_name, args in calls:
-        assert args.split() in ([], ["train"]), f"stage {stage_name}: unexpected install {args!r}"
+        assert args.split() in ([], ["train"], ['"${INSTALL_EXTRA}"']), (
+            f"stage {stage_name}: unexpected install {args!r}"
+        )
 
 
 def test_runtime_image_holds_no_torch_and_no_source() -> None:

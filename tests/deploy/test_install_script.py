@@ -29,6 +29,7 @@ def _dry_run(*args: str) -> subprocess.CompletedProcess[str]:
     [
         ((), "python -m pip install ."),  # the runtime image
         (("train",), "python -m pip install .[train]"),  # the image's bundle-building stage
+        (("gpu",), "python -m pip install .[gpu]"),  # the CUDA image: CUDA 13 and cuDNN 9 wheels
         (("-e", "all"), "python -m pip install -e .[all]"),  # CI and the test command
     ],
 )

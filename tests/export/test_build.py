@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from circuitserve import app
 from export.build import PARITY_ATOL, ExportError, export_bundle
 from export.calibration import wilson_interval
-from export.manifest import BundleError, Manifest, load_bundle, read_manifest
+from export.manifest import CPU_PROVIDER, BundleError, Manifest, load_bundle, read_manifest
 from export.plot import error_bars
 from model.families import get
 from model.train import load_checkpoint
@@ -32,12 +32,13 @@ def test_round_trip_levels_and_files(bundle):
     manifest = load_bundle(bundle)
     assert [lv.name for lv in manifest.sorted_levels()] == ["full", "1/2", "1/4", "1/8"]
     assert [lv.units for lv in manifest.sorted_levels()] == [8, 4, 2, 1]
-    assert (manifest.schema_version, manifest.family, manifest.unit) == (2, "nac", "modules")
+    assert (manifest.schema_version, manifest.family, manifest.unit) == (3, "nac", "modules")
     assert (bundle / "tradeoff.png").stat().st_size > 1000
     assert not list(bundle.parent.glob(".tiny*")), "temporary directory left behind"
     for lv in manifest.levels:
-        assert [s.batch_size for s in lv.latency] == [1, 8, 32, 128]
-        assert all(s.p95_ms >= s.median_ms > 0 for s in lv.latency)
+        assert set(lv.latency) == {CPU_PROVIDER} and lv.precision == "fp32"
+        assert [s.batch_size for s in lv.latency_on(CPU_PROVIDER)] == [1, 8, 32, 128]
+        assert all(s.p95_ms >= s.median_ms > 0 for s in lv.latency_on(CPU_PROVIDER))
     flops = [lv.flops for lv in manifest.sorted_levels()]
     assert flops == sorted(flops, reverse=True)
 
@@ -127,6 +128,22 @@ def test_schema_1_bundle_is_still_read(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="units"):
         read_manifest(copy)
+
+
+def test_schema_2_latency_list_is_read_as_the_cpu_table(bundle, tmp_path):
+    """Schema 2 wrote one unkeyed latency list per level, measured on CPU."""
+    copy = tmp_path / "two"
+    shutil.copytree(bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["schema_version"] = 2
+    for lv in raw["levels"]:
+        lv["latency"] = lv["latency"][CPU_PROVIDER]
+        del lv["precision"]  # schema 2 had no precision: FP32
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    old, new = load_bundle(copy), read_manifest(bundle)
+    assert old.schema_version == 2
+    assert [lv.latency for lv in old.levels] == [lv.latency for lv in new.levels]
+    assert {lv.precision for lv in old.levels} == {"fp32"}
 
 
 def test_changed_file_is_caught_by_checksum(bundle, tmp_path):

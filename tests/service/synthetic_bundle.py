@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.manifest import (
+    CPU_PROVIDER,
     MANIFEST_FILE,
     InputSpec,
     LatencyStat,
@@ -100,12 +101,14 @@ def write_bundle(directory: Path, name: str = "synthetic", seed: int = 0) -> Pat
                 file=path.name,
                 sha256=sha256_file(path),
                 accuracy=accuracy,
-                latency=[
-                    LatencyStat(
-                        batch_size=b, median_ms=0.02 + cost * b * 0.01, p95_ms=0.03 + cost * b * 0.012
-                    )
-                    for b in (1, 8, 64)
-                ],
+                latency={
+                    CPU_PROVIDER: [
+                        LatencyStat(
+                            batch_size=b, median_ms=0.02 + cost * b * 0.01, p95_ms=0.03 + cost * b * 0.012
+                        )
+                        for b in (1, 8, 64)
+                    ]
+                },
                 params=depth * width * width,
                 flops=2 * depth * width * width,
             )

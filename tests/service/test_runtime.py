@@ -42,10 +42,12 @@ class NoGpuSession(FakeGpuSession):
 @pytest.fixture
 def cuda_listed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """onnxruntime-gpu lists CUDA whether or not a GPU exists; make the CPU build do the same, and
-    let the probe see a device node (the GPU itself is the only thing faked)."""
+    let the probe see a device node (the GPU itself is the only thing faked, with its memory)."""
     monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
     (tmp_path / "nvidia0").touch()
     monkeypatch.setattr(runtime, "GPU_DEVICE_PATHS", (tmp_path / "nvidia0",))
+    monkeypatch.setattr(runtime, "CUDA_DEVICE", "cpu")  # the fake GPU's I/O buffers are host memory
+    monkeypatch.setattr(runtime.ort, "preload_dlls", lambda: None, raising=False)  # nothing to load
 
 
 def test_the_probe_sees_a_gpu_only_where_the_driver_shows_one(tmp_path: Path) -> None:
