@@ -79,7 +79,7 @@ def _command(peer: Peer, python: Path, port: int) -> tuple[list[str], str]:
         str(port),
         str(grpc),
         str(metrics),
-    ], "/v2/health/ready"
+    ], f"/v2/models/{TRITON_MODEL}/ready"  # the server is ready before PyTriton loads the model
 
 
 def launcher(peer: Peer, python: Path, onnx: Path, cache: Path) -> Launcher:

@@ -15,7 +15,7 @@ import numpy as np
 from common import BATCH_ENV, Classifier, setting
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 MODEL = "level"
 
@@ -54,7 +54,10 @@ def main() -> None:
         allow_gpu_metrics=False,
         log_verbose=0,
     )
-    with Triton(config=config) as triton:
+    # PyTriton guards shared-memory, model-repository and statistics with a token by default; the
+    # statistics stay open here (loopback only) so that Triton's perf_analyzer can read them
+    security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository"])
+    with Triton(config=config, security_config=security) as triton:
         triton.bind(
             model_name=MODEL,
             infer_func=infer,

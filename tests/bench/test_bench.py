@@ -359,7 +359,7 @@ def test_quick_report_overhead(quick_report: tuple[dict[str, Any], Path]) -> Non
 @pytest.mark.slow
 def test_quick_report_peers(quick_report: tuple[dict[str, Any], Path]) -> None:
     peers = quick_report[0]["peers"]
-    for name in ("litserve", "bentoml"):
+    for name in ("litserve", "bentoml", "triton"):
         entry = peers[name]
         assert entry["status"] == "ok" or entry["status"].startswith(("skipped", "failed"))
         if entry["status"] == "ok":
@@ -406,7 +406,7 @@ def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -
 @pytest.mark.slow
 def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None:
     targets = quick_report[0]["targets"]
-    assert len(targets) == 8  # accuracy (digits), overhead x2, peers, peers at scale-out, overload, floor x2
+    assert len(targets) == 9  # accuracy (digits), overhead x2, peers, Triton, scale-out, overload, floor x2
     for t in targets:
         assert t["goal"] and t["measured"]
         # judged exactly when measured: None only beside "not measured", a bool otherwise
