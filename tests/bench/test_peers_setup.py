@@ -135,8 +135,8 @@ def test_triton_target_needs_throughput_p50_and_every_p99() -> None:
 def test_peers_section_shows_triton_beside_circuitserve() -> None:
     base = {"model": "digits", "level": "full", "rounds": 2, "max_batch_size": 64, "batch_delay_ms": 0.0}
     peers = {**base, "intra_op_threads": 1, "litserve": {"status": "skipped: not installed"}}
-    r = {"peers": peers | {"triton": _triton(90.0)}, "scale_out": {"replicas": 2, "concurrency": 64}}
-    r["scale_out"]["status"] = "skipped: no peer measured"
+    scale_out = {"replicas": 2, "concurrency": 64, "status": "skipped: no peer measured"}
+    r = {"peers": peers | {"triton": _triton(90.0)}, "scale_out": scale_out}
     text = "\n".join(markdown.peers(r))
     assert "**litserve**: skipped: not installed" in text and "**bentoml**: not run" in text
     assert "| triton req/s | p50 ms | p99 ms | circuitserve req/s | circuitserve p50 ms |" in text
