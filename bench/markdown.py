@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 Row = dict[str, Any]
+PEER_NAMES = ("litserve", "bentoml", "triton")  # bench/peer_launch.py PEERS, in the report's order
 Column = tuple[str, Callable[[str, Row], Any]]  # header, (key, item) -> cell
 
 
@@ -203,16 +204,20 @@ def overhead(r: dict[str, Any]) -> list[str]:
 def peers(r: dict[str, Any]) -> list[str]:
     p = r["peers"]
     lines = [
-        "## 3. Peers: the same level file behind LitServe and BentoML",
+        "## 3. Peers: the same level file behind LitServe, BentoML and Triton",
         "",
         f"Model {p['model']}, level {p['level']}. Every server batches up to {p['max_batch_size']} and runs "
         f"onnxruntime with {p['intra_op_threads']} thread(s); LitServe and circuitserve wait up to "
-        f"{p['batch_delay_ms']} ms for a batch to fill, BentoML's adaptive batcher picks its own wait. "
-        f"{p['rounds']} interleaved round(s) (peer, circuitserve, other peer, circuitserve), one server "
-        "running at a time; figures are medians over the rounds, ratio = circuitserve / peer per pair.",
+        f"{p['batch_delay_ms']} ms for a batch to fill, BentoML's adaptive batcher picks its own wait, "
+        "Triton (tritonserver through PyTriton: its C++ HTTP frontend and dynamic batcher, "
+        "`max_queue_delay_microseconds=0`, the model a Python callable running the same session) sends "
+        "what is queued. Each is asked in its own format (Triton: KServe v2 JSON) by the same load "
+        f"generator. {p['rounds']} interleaved round(s) (peer, circuitserve, next peer, circuitserve), one "
+        "server running at a time; figures are medians over the rounds, ratio = circuitserve / peer per "
+        "pair.",
         "",
     ]
-    for name in ("litserve", "bentoml"):
+    for name in PEER_NAMES:
         entry = p.get(name, {"status": "not run"})
         if entry.get("status") != "ok":
             lines += [f"**{name}**: {entry.get('status')}", ""]
@@ -223,6 +228,7 @@ def peers(r: dict[str, Any]) -> list[str]:
             ("p50 ms", _field("p50_ms")),
             ("p99 ms", _field("p99_ms")),
             ("circuitserve req/s", _field("circuitserve_throughput_rps")),
+            ("circuitserve p50 ms", _field("circuitserve_p50_ms")),
             ("circuitserve p99 ms", _field("circuitserve_p99_ms")),
             ("ratio", _field("throughput_ratio")),
         ]

@@ -1,14 +1,16 @@
-"""Peers: the same full-level ONNX file served by LitServe and by BentoML, each with its batching on
-and the same batch limit and thread settings as circuitserve, driven by the same load generator at
-the same concurrencies. Runs are interleaved (peer A, us, peer B, us, ... for every round) and only
-one server runs at a time; each peer run is paired with the circuitserve run right after it.
+"""Peers: the same full-level ONNX file served by LitServe, by BentoML and by NVIDIA Triton (through
+PyTriton), each with its batching on and the same batch limit and thread settings as circuitserve,
+driven by the same load generator at the same concurrencies. Runs are interleaved (peer A, us, peer
+B, us, ... for every round) and only one server runs at a time; each peer run is paired with the
+circuitserve run right after it.
 
 Then scale-out on this machine: the better peer and circuitserve each as REPLICAS separate instances
 (one port each, the generator's connections split evenly between them, as a Kubernetes Service
 spreads connections over pods), paired the same way at the highest concurrency.
 
-The peers live in their own virtual environment (never needed by the server): see
-bench/peer_apps/setup_venv.sh. A peer that is not installed or does not start is reported, not fatal."""
+The peers live in their own virtual environments (never needed by the server), which the full bench
+sets up itself when missing (bench/peer_setup.py); the quick one never downloads. A peer that is
+not installed or does not start is reported, not fatal."""
 
 from __future__ import annotations
 
@@ -16,22 +18,21 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.measure import BENTOML, LITSERVE, Api, circuitserve_api, closed, our_server, summary
+from bench.measure import Api, circuitserve_api, closed, our_server, summary
+from bench.peer_launch import PEERS, Launcher, Peer, launcher
+from bench.peer_setup import PEERS_VENV, ensure, is_set_up
 from bench.plan import SERVER, Plan
-from bench.servers import Server, ServerError, free_port, process
+from bench.servers import ServerError
 from export.manifest import Manifest
 
-PEERS_DIR = Path(__file__).resolve().parent / "peer_apps"
-PYTHON_ENV = "CIRCUITSERVE_BENCH_PEERS_PYTHON"  # the peers' interpreter; "none" skips the peers
-NOT_INSTALLED = "skipped: not installed"
+PYTHON_ENV = "CIRCUITSERVE_BENCH_PEERS_PYTHON"  # LitServe's and BentoML's Python; "none" skips the peers
 REPLICAS = 2  # instances per server in the scale-out pairs: one per core here
 
 
@@ -39,31 +40,8 @@ class PeerDown(Exception):
     """A peer did not start or died: reported, not fatal (circuitserve's own failures propagate)."""
 
 
-Launcher = Callable[[Path], AbstractContextManager[Server]]  # one instance, its log in that folder
 Figures = dict[str, float]  # one closed-loop run (bench.measure.summary)
 Pair = tuple[dict[int, Figures], dict[int, Figures]]  # (peer, circuitserve) figures by concurrency
-
-
-@dataclass(frozen=True)
-class Peer:
-    name: str
-    module: str  # what must import in the peers' environment
-    api: Api
-
-
-PEERS = (Peer("litserve", "litserve", LITSERVE), Peer("bentoml", "bentoml", BENTOML))
-
-
-def peers_python(cache: Path) -> Path | None:
-    """The peers' interpreter: $CIRCUITSERVE_BENCH_PEERS_PYTHON, else the venv that
-    bench/peer_apps/setup_venv.sh makes, else this one (where the `peers` extra was installed into it)."""
-    value = os.environ.get(PYTHON_ENV, "")
-    if value.lower() == "none":
-        return None
-    if value:
-        return Path(value) if Path(value).is_file() else None
-    venv = cache / "peers-venv" / "bin" / "python"
-    return venv if venv.is_file() else Path(sys.executable)
 
 
 def installed(python: Path | None, module: str) -> bool:
@@ -76,35 +54,18 @@ def installed(python: Path | None, module: str) -> bool:
     return done.returncode == 0
 
 
-def _peer_env(onnx: Path, cache: Path) -> dict[str, str]:
-    return {
-        "BENCH_ONNX": str(onnx),
-        "BENCH_INTRA_OP_THREADS": str(SERVER.intra_op_threads),
-        "BENCH_MAX_BATCH_SIZE": str(SERVER.max_batch_size),
-        "BENCH_MAX_DELAY_MS": str(SERVER.max_queue_delay_ms),
-        "BENTOML_HOME": str(cache / "bentoml-home"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PYTHONPATH": str(PEERS_DIR),
-    }
-
-
-def launcher(peer: Peer, python: Path, onnx: Path, cache: Path) -> Launcher:
-    @contextmanager
-    def start(log_dir: Path) -> Iterator[Server]:
-        port = free_port()
-        if peer.name == "litserve":
-            cmd, health = [str(python), str(PEERS_DIR / "litserve_app.py"), str(port)], "/health"
-        else:
-            bentoml = str(python.parent / "bentoml")
-            cmd = [bentoml, "serve", "bentoml_service:OnnxLevel", "--host", "127.0.0.1", "--port", str(port)]
-            health = "/readyz"
-        env = _peer_env(onnx, cache)
-        with process(
-            peer.name, cmd, port=port, health_path=health, log_dir=log_dir, env=env, cwd=PEERS_DIR
-        ) as server:
-            yield server
-
-    return start
+def peer_python(peer: Peer, cache: Path, download: bool) -> Path | str:
+    """The peer's interpreter, its venv set up first when missing and `download` allows (the full
+    bench); else why it is skipped. $CIRCUITSERVE_BENCH_PEERS_PYTHON overrides LitServe's and
+    BentoML's ("none": skip every peer); without their venv, this interpreter serves if they import."""
+    value = os.environ.get(PYTHON_ENV, "")
+    if value.lower() == "none":
+        return f"skipped: {PYTHON_ENV}=none"
+    if value and peer.venv is PEERS_VENV:
+        return Path(value) if installed(Path(value), peer.name) else f"skipped: {peer.name} not in {value}"
+    if not is_set_up(cache, peer.venv) and installed(Path(sys.executable), peer.venv.imports):
+        return Path(sys.executable)
+    return ensure(cache, peer.venv, download)
 
 
 def _measure(
@@ -137,6 +98,7 @@ def _pairs_summary(pairs: list[tuple[Figures, Figures]]) -> dict[str, Any]:
         "p50_ms": _median([t["p50_ms"] for t in theirs]),
         "p99_ms": _median([t["p99_ms"] for t in theirs]),
         "circuitserve_throughput_rps": _median([m["throughput_rps"] for m in mine]),
+        "circuitserve_p50_ms": _median([m["p50_ms"] for m in mine]),
         "circuitserve_p99_ms": _median([m["p99_ms"] for m in mine]),
         "throughput_ratio": _median(ratios),
         "pairs": [
@@ -154,7 +116,6 @@ def run_peers(
     plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, cache: Path, log_dir: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the single-instance pairs by peer, the scale-out pairs)"""
-    python = peers_python(cache)
     full = manifest.sorted_levels()[0]
     out: dict[str, Any] = {
         "model": manifest.name,
@@ -165,19 +126,22 @@ def run_peers(
         "intra_op_threads": SERVER.intra_op_threads,
     }
     active: list[Peer] = []
+    pythons: dict[str, Path] = {}
     for peer in PEERS:
-        if installed(python, peer.module):
+        python = peer_python(peer, cache, plan.set_up_peers)
+        if isinstance(python, Path):
             active.append(peer)
+            pythons[peer.name] = python
         else:
-            out[peer.name] = {"status": NOT_INSTALLED}
-    if not active or python is None:
+            out[peer.name] = {"status": python}
+    if not active:
         return out, _scale_out(plan, [], out, None)
 
     def pair(peer: Peer, concurrencies: tuple[int, ...], replicas: int) -> Pair:
         """The peer's runs, then circuitserve's, as `replicas` instances each."""
         try:
             theirs = _measure(
-                launcher(peer, python, bundle / full.file, cache),
+                launcher(peer, pythons[peer.name], bundle / full.file, cache),
                 peer.api,
                 examples,
                 plan,

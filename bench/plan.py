@@ -39,6 +39,7 @@ class Plan:
     warmup_s: float  # closed-loop warm-up, not recorded
     concurrencies: tuple[int, ...]
     peer_rounds: int  # interleaved rounds: peer A, us, peer B, us
+    set_up_peers: bool  # make the peers' venvs when missing (downloads once; never in the quick run)
     overload_s: float  # one open-loop phase
     overload_factors: tuple[int, ...]
     budget_ms: float  # the latency budget every overload request carries
@@ -74,6 +75,7 @@ FULL = Plan(
     warmup_s=1.0,
     concurrencies=(1, 8, 64),
     peer_rounds=2,
+    set_up_peers=True,
     overload_s=10.0,
     overload_factors=(1, 2, 4),
     budget_ms=50.0,
@@ -93,6 +95,7 @@ QUICK = Plan(
     warmup_s=0.2,
     concurrencies=FULL.concurrencies,  # the same keys as a full report, only shorter phases
     peer_rounds=1,
+    set_up_peers=False,  # the tests must not download: a missing peer is reported as skipped
     overload_s=1.0,
     overload_factors=FULL.overload_factors,
     budget_ms=50.0,
