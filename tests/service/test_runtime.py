@@ -205,14 +205,14 @@ def test_only_a_plain_session_under_a_watchdog_runs_inline(bundle_path: Path, ma
     path, names = level_path(bundle_path, manifest), ["probabilities"]
     plain = create_session(path, SessionConfig("cpu"))
     assert LevelRunner(plain, manifest.input.name, names).inline is None  # no watchdog
-    runner = LevelRunner(plain, manifest.input.name, names, runtime.Watchdog(1.0))
+    runner = LevelRunner(plain, manifest.input.name, names, watchdog=runtime.Watchdog(1.0))
     assert runner.inline is not None
     x = np.zeros((2, *manifest.input.shape[1:]), np.float32)
     np.testing.assert_array_equal(runner.inline(x)["probabilities"], runner(x)["probabilities"])
     with pytest.raises(InferenceFailed):  # errors are mapped as on the thread
         runner.inline(np.zeros((2, 3), np.float32))
     own = create_session(path, SessionConfig("cpu"), Overridden)
-    assert LevelRunner(own, manifest.input.name, names, runtime.Watchdog(1.0)).inline is None
+    assert LevelRunner(own, manifest.input.name, names, watchdog=runtime.Watchdog(1.0)).inline is None
 
 
 def test_the_watchdog_ends_a_run_past_its_bound_and_the_session_still_works(
