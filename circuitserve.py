@@ -142,13 +142,17 @@ def serve(
     bundles: Annotated[list[Path] | None, typer.Argument(help="bundle directories (default: digits)")] = None,
     host: Annotated[str | None, typer.Option(help="default 127.0.0.1, or CIRCUITSERVE_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="default 8000, or CIRCUITSERVE_PORT")] = None,
+    workers: Annotated[
+        str | None, typer.Option(help="processes sharing the port: N or auto (one per core); default 1")
+    ] = None,
 ) -> None:
     """Serve bundles over HTTP (native JSON API and Open Inference Protocol v2)."""
     from service.app import serve as run_server
     from service.loader import StartupError
     from service.settings import SettingsError, load
 
-    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    given = {"host": host, "port": port, "workers": workers}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if bundles:
         overrides["bundles"] = bundles
     with user_errors(SettingsError, prefix="error: invalid settings"):
@@ -156,7 +160,12 @@ def serve(
     if not settings.bundles:
         settings = settings.model_copy(update={"bundles": [ensure_default_bundle()]})
     with user_errors(StartupError, prefix="error: cannot serve"):
-        run_server(settings)
+        if settings.worker_count() > 1:
+            from service.workers import serve_workers
+
+            serve_workers(settings)
+        else:
+            run_server(settings)
 
 
 @app.command()

@@ -57,9 +57,12 @@ def open_model(
     session_factory: SessionFactory = ort.InferenceSession,
 ) -> ServedModel:
     """Create one session per level (blocking: call it off the event loop)."""
+    threads = settings.intra_op_threads or manifest.profile.intra_op_threads
+    if settings.intra_op_threads is None and settings.worker_count() > 1:
+        threads = min(threads, settings.core_share())  # workers x threads <= cores
     config = SessionConfig(
         provider=settings.provider,
-        intra_op_threads=settings.intra_op_threads or manifest.profile.intra_op_threads,
+        intra_op_threads=threads,
         inter_op_threads=settings.inter_op_threads,
     )
     levels = []
