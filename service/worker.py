@@ -119,6 +119,7 @@ def run_worker(
 ) -> None:
     """The process target: serve on `sock` until SIGTERM, drain, exit 0 (STARTUP_FAILED if the
     bundles could not be loaded)."""
+    logs.install()
     logging.basicConfig(level=settings.log_level.upper(), format=logs.FORMAT)
     if not multiprocess():
         raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported")

@@ -172,6 +172,7 @@ def serve_workers(settings: Settings, *, session_factory: SessionFactory | None 
     """Run `settings.worker_count()` workers until SIGTERM/SIGINT (blocking); raises StartupError
     if the bundles cannot be served or a worker fails to start; SystemExit(1) if a drain failed.
     A `session_factory` must be importable by name: each worker is a fresh interpreter."""
+    logs.install()
     logging.basicConfig(level=settings.log_level.upper(), format=logs.FORMAT)
     count = settings.worker_count()
     if not settings.bundles:
