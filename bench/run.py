@@ -3,7 +3,8 @@
 Sections: levels (accuracy/latency trade-off), accuracy (mean ± std over seeds, beside scikit-learn
 baselines on the same splits), overhead (server vs raw onnxruntime), peers (LitServe, BentoML),
 overload (open loop at 1x/2x/4x capacity with a latency budget), latency floor (one request at low
-load per level, against a bare ASGI app and raw onnxruntime; largest-request memory). Trained models
+load per level, against a bare ASGI app and raw onnxruntime; largest-request memory), workers
+(`serve --workers 2` against 1 worker and against LitServe's multi-process layouts). Trained models
 and bundles are cached under bench/out/ (see bench/build.py); server logs go to bench/out/logs/.
 """
 
@@ -31,6 +32,7 @@ from bench.overhead import run_overhead
 from bench.overload import run_overload
 from bench.peers import run_peers
 from bench.plan import FULL, QUICK, Plan
+from bench.workers import run_workers
 from export.manifest import Manifest
 from model.data import load_dataset
 
@@ -120,6 +122,7 @@ SECTIONS: dict[str, Callable[[_Context], dict[str, Any]]] = {
     "peers": _peers,
     "overload": lambda c: {"overload": run_overload(c.plan, *c.bundle("large"), c.logs)},
     "latency_floor": lambda c: {"latency_floor": run_latency_floor(c.plan, *c.bundle("small"), c.logs)},
+    "workers": lambda c: {"workers": run_workers(c.plan, *c.bundle("small"), c.cache, c.logs)},
 }
 
 
