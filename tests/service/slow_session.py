@@ -18,3 +18,10 @@ class Slow(ort.InferenceSession):  # type: ignore[misc]
         if first >= SLOW:
             time.sleep((first - SLOW) / 1000)
         return super().run(names, feed, *args, **kwargs)
+
+
+class Broken:
+    """A session that cannot be made: the worker's start fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("this session cannot be made")

@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,10 @@ from slow_session import SLOW
 
 from export.manifest import Manifest
 from service import settings as settings_module
-from service.loader import open_model
+from service.loader import StartupError, open_model
 from service.metrics import Metrics
 from service.settings import Settings, SettingsError, load
+from service.workers import prepare_directory
 
 HERE = Path(__file__).parent
 WORKERS_SERVER = f"""
@@ -36,6 +39,7 @@ from service.workers import serve_workers
 
 serve_workers(Settings(), session_factory=Slow)
 """
+BROKEN_SERVER = WORKERS_SERVER.replace("import Slow", "import Broken as Slow")
 
 
 def served_by(directory: Path) -> dict[int, float]:
@@ -224,3 +228,25 @@ def test_workers_setting_and_the_thread_share(
         bundle_path, four, make_settings(bundle_path, workers=4, intra_op_threads=2), Metrics(), counting
     )
     assert set(threads) == {2}  # set explicitly: as set
+
+
+def test_a_worker_that_cannot_start_stops_the_server(bundle_path: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "CIRCUITSERVE_BUNDLES": f'["{bundle_path}"]', "CIRCUITSERVE_PORT": "0"}
+    env |= {"CIRCUITSERVE_WORKERS": "2", "CIRCUITSERVE_PROVIDER": "cpu", "CIRCUITSERVE_LOG_LEVEL": "warning"}
+    done = subprocess.run([sys.executable, "-c", BROKEN_SERVER], env=env, capture_output=True, timeout=120)
+    assert done.returncode != 0
+    err = done.stderr.decode()
+    assert "before it was ready" in err and "this session cannot be made" in err, err
+    assert "restarting" not in err  # no restart loop
+
+
+def test_the_private_directory_is_emptied_but_never_a_stranger(tmp_path: Path) -> None:
+    ours = tmp_path / "mp"
+    ours.mkdir()
+    for name in ("counter_11.db", "gauge_livesum_11.db", "ready-0", "stats-1.json"):
+        (ours / name).write_text("old")
+    assert prepare_directory(ours) == (ours, False) and not list(ours.iterdir())
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(StartupError, match="not circuitserve's"):
+        prepare_directory(ours)
+    assert (ours / "notes.txt").exists()
