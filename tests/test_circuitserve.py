@@ -18,3 +18,9 @@ def test_train_refuses_an_unknown_family_and_bad_levels(tmp_path):
 def test_help_lists_the_default_levels():
     result = CliRunner().invoke(app, ["export", "--help"])
     assert result.exit_code == 0 and "1,1/2,1/4,1/8" in result.output
+
+
+def test_serve_refuses_bad_workers_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--workers", "0"])
+    assert result.exit_code == 2 and "error: invalid settings: workers:" in result.output
+    assert "--workers or CIRCUITSERVE_WORKERS" in result.output
