@@ -1,7 +1,9 @@
 """One worker process of `serve --workers N` (started by service.workers, never imported there).
 
-A worker is the single-process server (service.app) on the listening socket its supervisor made,
-with its own sessions and batchers, plus the files it shares with its siblings in the private
+A worker is the single-process server (service.app) with its own sessions and batchers, on its own
+SO_REUSEPORT socket on the server's port, listening only once its levels are warm (its lifespan
+start is held until then), so no connection reaches a worker that would answer 503 for loading;
+plus the files it shares with its siblings in the private
 directory (PROMETHEUS_MULTIPROC_DIR, set before this process started, so before prometheus_client
 was first imported):
 - `ready-<index>`: present while this worker takes inference; /v2/health/ready answers 200 only
@@ -12,6 +14,7 @@ was first imported):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -38,6 +41,20 @@ READY_PATH = "/v2/health/ready"
 STARTUP_FAILED = 3  # exit status of a worker whose bundles failed to load: the supervisor stops
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT, not listening yet."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def marker(directory: Path, index: int) -> Path:
     return directory / f"ready-{index}"
 
@@ -48,12 +65,17 @@ def ready_workers(directory: Path, count: int) -> int:
 
 class AllWorkersReady:
     """ASGI wrapper: a 200 from /v2/health/ready becomes 503 while any worker is not ready (a probe
-    reaches one worker; readiness is the whole server's). Everything else passes through."""
+    reaches one worker; readiness is the whole server's), and the lifespan start completes only once
+    this worker is warm (or failed, or told to stop), so uvicorn listens only then. Everything else
+    passes through."""
 
-    def __init__(self, app: FastAPI, directory: Path, count: int) -> None:
-        self.app, self.directory, self.count = app, directory, count
+    def __init__(self, app: FastAPI, engine: Engine, directory: Path, count: int) -> None:
+        self.app, self.engine, self.directory, self.count = app, engine, directory, count
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._when_warm(send))
+            return
         if scope["type"] != "http" or scope["path"] != READY_PATH:
             await self.app(scope, receive, send)
             return
@@ -78,6 +100,16 @@ class AllWorkersReady:
                 await send(message)
 
         await self.app(scope, receive, send_unready)
+
+    def _when_warm(self, send: Any) -> Any:
+        async def hold(message: Any) -> None:
+            engine = self.engine
+            if message["type"] == "lifespan.startup.complete":
+                while not (engine.ready or engine.draining or engine.failure):
+                    await asyncio.sleep(0.02)
+            await send(message)
+
+        return hold
 
 
 class WorkerServer(DrainingServer):
@@ -112,7 +144,6 @@ class WorkerServer(DrainingServer):
 
 def run_worker(
     settings: Settings,
-    sock: socket.socket,
     index: int,
     directory: Path,
     session_factory: SessionFactory | None = None,
@@ -128,7 +159,7 @@ def run_worker(
     engine: Engine = app.state.engine
     engine.stats = SharedStats(directory, index, count)
     config = uvicorn_config(app, settings)
-    config.app = AllWorkersReady(app, directory, count)
+    config.app = AllWorkersReady(app, engine, directory, count)
     server = WorkerServer(config, engine, directory, index)
 
     def stop() -> None:
@@ -136,6 +167,7 @@ def run_worker(
 
     app.state.on_fatal = stop
     app.state.on_ready = freeze_loaded_objects
+    sock = reuse_port_socket(settings.host, settings.port)  # uvicorn listens once warm
     with contextlib.suppress(SystemExit):  # uvicorn exits this way when the lifespan start fails
         server.run(sockets=[sock])
     marker(directory, index).unlink(missing_ok=True)

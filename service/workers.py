@@ -2,10 +2,14 @@
 
 The supervisor (this process) serves nothing itself:
 1. it verifies the bundles (a bad bundle fails here, once, not N times), empties the private
-   directory and sets PROMETHEUS_MULTIPROC_DIR to it, then binds the listening socket;
+   directory and sets PROMETHEUS_MULTIPROC_DIR to it, then binds the port with SO_REUSEPORT without
+   listening (it holds the port, and resolves port 0, but takes no connections);
 2. it starts N workers (service.worker, `spawn`: each a fresh interpreter that imports
-   prometheus_client with the variable already set), each given the socket, so the kernel hands
-   each new connection to one of them; each has its own sessions, batchers and policy corrections;
+   prometheus_client with the variable already set), each with its own sessions, batchers and
+   policy corrections. Each worker binds its own SO_REUSEPORT socket on that port and listens only
+   once it is warm; the kernel spreads new connections evenly over the listening workers (a hash of
+   each connection's addresses). One shared socket, uvicorn's and gunicorn's way, was measured
+   here to hand a burst of 64 connections to whichever worker woke first;
 3. a worker that dies after it was ready is restarted (its gauge files marked dead, its ready
    marker gone, so readiness is false until the new one is ready); one that exits before it was
    ever ready failed to start and would fail again: the supervisor stops the others and fails;
@@ -35,7 +39,7 @@ from service import logs
 from service.loader import StartupError, verify_bundles
 from service.runtime import SessionFactory
 from service.settings import Settings
-from service.worker import marker, run_worker
+from service.worker import marker, reuse_port_socket, run_worker
 
 log = logging.getLogger(__name__)
 _OURS = ("ready-", "stats-", ".stats-", "counter_", "gauge_", "histogram_", "summary_")
@@ -57,25 +61,22 @@ def prepare_directory(path: Path | None) -> tuple[Path, bool]:
     return path, False
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def reserve(host: str, port: int) -> socket.socket:
+    """The port, bound with SO_REUSEPORT but not listening: held for the server's life."""
     try:
-        sock = socket.create_server((host, port), family=family, backlog=backlog)
+        return reuse_port_socket(host, port)
     except OSError as exc:
         raise StartupError(f"cannot listen on {host}:{port}: {exc}") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        sock: socket.socket,
         directory: Path,
         session_factory: SessionFactory | None = None,
     ) -> None:
-        self.settings, self.sock, self.directory = settings, sock, directory
+        self.settings, self.directory = settings, directory
         self.session_factory = session_factory
         self.count = settings.worker_count()
         self.context = multiprocessing.get_context("spawn")
@@ -86,7 +87,7 @@ class Supervisor:
     def _start(self, index: int) -> BaseProcess:
         process = self.context.Process(
             target=run_worker,
-            args=(self.settings, self.sock, index, self.directory, self.session_factory),
+            args=(self.settings, index, self.directory, self.session_factory),
             name=f"circuitserve-worker-{index}",
         )
         process.start()
@@ -144,7 +145,6 @@ class Supervisor:
                 os.kill(process.pid, sig)
 
     def _stop(self) -> int:
-        self.sock.close()  # the workers hold it open until each has drained
         log.info("signal: draining %d workers", self.count)
         self._forward(signal.SIGTERM)
         return 0 if self._wait() else 1
@@ -180,14 +180,14 @@ def serve_workers(settings: Settings, *, session_factory: SessionFactory | None 
     verify_bundles(settings.bundles)
     directory, created = prepare_directory(settings.multiprocess_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # inherited by every worker
-    sock = listen(settings.host, settings.port)
+    sock = reserve(settings.host, settings.port)
     port = sock.getsockname()[1]
     log.info(
         "listening on http://%s:%d with %d workers (metrics in %s)", settings.host, port, count, directory
     )
     settings = settings.model_copy(update={"workers": count, "port": port})
     try:
-        code = Supervisor(settings, sock, directory, session_factory).run()
+        code = Supervisor(settings, directory, session_factory).run()
     finally:
         sock.close()
         if created:
