@@ -367,7 +367,7 @@ def workers(r: dict[str, Any]) -> list[str]:
         "",
         f"Model {w['model']}, full level, concurrency {w['concurrency']}, {w['rounds']} round(s) of every "
         f"layout in turn, one server at a time; medians over the rounds. circuitserve `serve --workers "
-        f"{w['workers']}` is one supervisor and {w['workers']} worker processes on one listening socket, "
+        f"{w['workers']}` is one supervisor and {w['workers']} worker processes on one port (SO_REUSEPORT), "
         f"{w['intra_op_threads']} onnxruntime thread(s) per session; LitServe with num_api_servers="
         f"{w['workers']} (one instance), and as {w['workers']} instances with the connections split "
         "between them.",
