@@ -152,13 +152,16 @@ def serve(
     repository: Annotated[
         Path | None, typer.Option(help="serve every bundle under DIR; load/unload by name at run time")
     ] = None,
+    workers: Annotated[
+        str | None, typer.Option(help="processes sharing the port: N or auto (one per core); default 1")
+    ] = None,
 ) -> None:
     """Serve bundles over HTTP (native JSON API and Open Inference Protocol v2)."""
     from service.app import serve as run_server
     from service.loader import StartupError
     from service.settings import SettingsError, load
 
-    given = {"host": host, "port": port, "repository": repository}
+    given = {"host": host, "port": port, "repository": repository, "workers": workers}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if bundles:
         overrides["bundles"] = bundles
@@ -167,7 +170,12 @@ def serve(
     if not settings.bundles and settings.repository is None:
         settings = settings.model_copy(update={"bundles": [ensure_default_bundle()]})
     with user_errors(StartupError, prefix="error: cannot serve"):
-        run_server(settings)
+        if settings.worker_count() > 1:
+            from service.workers import serve_workers
+
+            serve_workers(settings)
+        else:
+            run_server(settings)
 
 
 @app.command()

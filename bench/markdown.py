@@ -401,6 +401,41 @@ def families(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def workers(r: dict[str, Any]) -> list[str]:
+    w = r.get("workers")
+    if not w:
+        return []
+    columns: list[Column] = [
+        ("layout", _key()),
+        ("req/s", lambda _, v: v.get("throughput_rps", v.get("status"))),
+        ("p50 ms", _field("p50_ms")),
+        ("p99 ms", _field("p99_ms")),
+        ("server cores", _field("server_cores")),
+        ("generator cores", _field("client_cores")),
+    ]
+    v = w["versus_litserve"]
+    against = (
+        f"against LitServe's better layout ({v['best_layout']}): {v['throughput_ratio']:.2f}x, p99 "
+        f"{v['p99_ms']:.1f} ms vs {v['peer_p99_ms']:.1f} ms."
+        if v["status"] == "ok"
+        else f"LitServe: {v['status']}."
+    )
+    return [
+        "## 6. Workers: one machine's cores behind one port",
+        "",
+        f"Model {w['model']}, full level, concurrency {w['concurrency']}, {w['rounds']} round(s) of every "
+        f"layout in turn, one server at a time; medians over the rounds. circuitserve `serve --workers "
+        f"{w['workers']}` is one supervisor and {w['workers']} worker processes on one port (SO_REUSEPORT), "
+        f"{w['intra_op_threads']} onnxruntime thread(s) per session; LitServe with num_api_servers="
+        f"{w['workers']} (one instance), and as {w['workers']} instances with the connections split "
+        "between them.",
+        "",
+        *table(columns, [(k, x) for k, x in w["layouts"].items()]),
+        f"{w['workers']} workers against 1: {w['speedup']:.2f}x the throughput; {against}",
+        "",
+    ]
+
+
 def targets(r: dict[str, Any]) -> list[str]:
     mark = {True: "reached", False: "**not reached**", None: "not measured"}
     columns: list[Column] = [
@@ -472,6 +507,7 @@ def render(r: dict[str, Any], images: dict[str, str]) -> str:
         (peers, "peers"),
         (overload, "overload"),
         (latency_floor, "latency_floor"),
+        (workers, "workers"),
     )
     for render_section, key in sections:
         lines += render_section(r)

@@ -37,6 +37,8 @@ FAMILY_CHEAP_FLOPS = 0.25  # a level at <= 1/4 of full's FLOPs ...
 FAMILY_CHEAP_WITHIN = 0.02  # ... within 2 points of full ...
 FAMILY_CHEAP_SPEEDUP = 3.0  # ... and at least 3x faster at batch 128
 FAMILY_TRAIN_SECONDS = 300.0  # default training on this 2-core machine
+# issue 19: serve --workers on this machine
+WORKERS_SPEEDUP = 1.5
 PEER_GOAL = f"≥ {PEER_RATIO:.0f}x the throughput of the better peer at concurrency 64, with lower p99"
 # issue 21: against Triton (tritonserver through PyTriton, the model a Python callable)
 TRITON_GOAL = (
@@ -365,7 +367,44 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         _overload_target(r),
         *_floor_targets(r),
         *_family_targets(r),
+        *_workers_targets(r),
     ]
+
+
+def _workers_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    w = r.get("workers")
+    if not w:
+        return []
+    n, c = w["workers"], w["concurrency"]
+    layouts = w["layouts"]
+    one, many = layouts["circuitserve_1_worker"], layouts[f"circuitserve_{n}_workers"]
+    fast = w["speedup"] >= WORKERS_SPEEDUP
+    cores = f"{many.get('server_cores', math.nan):.2f} cores against 1 worker's "
+    cores += f"{one.get('server_cores', math.nan):.2f}; the load generator used "
+    cores += f"{many.get('client_cores', math.nan):.2f} of {os.cpu_count()}, the same cores"
+    speedup = _target(
+        f"--workers {n} against 1 worker (concurrency {c})",
+        f"≥ {WORKERS_SPEEDUP}x the throughput",
+        f"{w['speedup']:.2f}x ({many['throughput_rps']:.0f} vs {one['throughput_rps']:.0f} requests/s)",
+        fast,
+        "" if fast else f"{n} workers used {cores}",
+    )
+    v = w["versus_litserve"]
+    name = f"--workers {n} against LitServe's better multi-process layout (concurrency {c})"
+    goal = f"≥ {PEER_RATIO:.0f}x the throughput, with lower p99"
+    if v["status"] != "ok":
+        return [speedup, _target(name, goal, "not measured", None, v["status"])]
+    best = layouts[v["best_layout"]]
+    reached = v["throughput_ratio"] >= PEER_RATIO and v["p99_ms"] < v["peer_p99_ms"]
+    measured = (
+        f"{v['throughput_ratio']:.2f}x against {v['best_layout']} ({best['throughput_rps']:.0f} requests/s); "
+        f"p99 {v['p99_ms']:.1f} ms vs {v['peer_p99_ms']:.1f} ms"
+    )
+    why = (
+        f"LitServe ({v['best_layout']}) used {best.get('server_cores', math.nan):.2f} cores, "
+        f"circuitserve {many.get('server_cores', math.nan):.2f}"
+    )
+    return [speedup, _target(name, goal, measured, reached, "" if reached else why)]
 
 
 def _floor_targets(r: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ Sections: levels (accuracy/latency trade-off), accuracy (mean ± std over seeds,
 baselines on the same splits), overhead (server vs raw onnxruntime), peers (LitServe, BentoML),
 overload (open loop at 1x/2x/4x capacity with a latency budget), latency floor (one request at low
 load per level, against a bare ASGI app and raw onnxruntime; largest-request memory), families (every
-registered model family per level, over seeds, ranked against random unit order). Trained models
+registered model family per level, over seeds, ranked against random unit order), workers
+(`serve --workers 2` against 1 worker and against LitServe's multi-process layouts). Trained models
 and bundles are cached under bench/out/ (see bench/build.py); server logs go to bench/out/logs/.
 """
 
@@ -33,6 +34,7 @@ from bench.overhead import run_overhead
 from bench.overload import run_overload
 from bench.peers import run_peers
 from bench.plan import FULL, QUICK, Plan
+from bench.workers import run_workers
 from export.manifest import Manifest
 from model.data import load_dataset
 
@@ -123,6 +125,7 @@ SECTIONS: dict[str, Callable[[_Context], dict[str, Any]]] = {
     "overload": lambda c: {"overload": run_overload(c.plan, *c.bundle("large"), c.logs)},
     "latency_floor": lambda c: {"latency_floor": run_latency_floor(c.plan, *c.bundle("small"), c.logs)},
     "families": lambda c: {"families": run_families(c.plan, c.cache)},
+    "workers": lambda c: {"workers": run_workers(c.plan, *c.bundle("small"), c.cache, c.logs)},
 }
 
 

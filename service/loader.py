@@ -68,9 +68,12 @@ def open_model(
 ) -> ServedModel:
     """Create one session per level (blocking: call it off the event loop). FP16 levels are served
     on CUDA only: on CPU onnxruntime runs FP16 through inserted casts, slower than the FP32 twin."""
+    threads = settings.intra_op_threads or manifest.profile.intra_op_threads
+    if settings.intra_op_threads is None and settings.worker_count() > 1:
+        threads = min(threads, settings.core_share())  # workers x threads <= cores
     config = SessionConfig(
         provider=settings.provider,
-        intra_op_threads=settings.intra_op_threads or manifest.profile.intra_op_threads,
+        intra_op_threads=threads,
         inter_op_threads=settings.inter_op_threads,
         cuda_graph=settings.cuda_graphs,
     )

@@ -1,7 +1,14 @@
-"""Prometheus metrics, one private registry per app. Names are a contract with deploy/ dashboards."""
+"""Prometheus metrics, one private registry per app. Names are a contract with deploy/ dashboards.
+
+With `workers` > 1 (service.workers) every worker process starts with PROMETHEUS_MULTIPROC_DIR set,
+so prometheus_client keeps each value in a per-process file there, and /metrics, from any worker,
+sums every worker's files: counters and histograms add up, `circuitserve_queue_depth` is the sum
+over live workers and `circuitserve_ready` their minimum (a dead worker's gauge files are removed).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +19,10 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    values,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OUTCOMES = ("success", "bad_request", "rejected", "shed", "timeout", "error")
@@ -49,9 +58,16 @@ class Children:
         return child
 
 
+def multiprocess() -> bool:
+    """Whether prometheus_client keeps values in PROMETHEUS_MULTIPROC_DIR's files: decided when
+    prometheus_client is first imported, so the variable must be set before any import of it."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
 class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # no *_created series: they double the exposition for no use here
+        self._gauge_functions: list[tuple[Gauge, Callable[[], float]]] = []
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ml = ("model", "level")
@@ -83,7 +99,11 @@ class Metrics:
             "circuitserve_batch_size", "Samples per executed batch.", ml, buckets=_BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "circuitserve_queue_depth", "Samples waiting in a level's queue.", ml, registry=r
+            "circuitserve_queue_depth",
+            "Samples waiting in a level's queue.",
+            ml,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.inferred_samples = Counter(
             "circuitserve_inferred_samples", "Samples run through a level's graph.", ml, registry=r
@@ -108,7 +128,12 @@ class Metrics:
             buckets=_ERROR_BUCKETS,
             registry=r,
         )
-        self.ready = Gauge("circuitserve_ready", "1 when the server accepts inference requests.", registry=r)
+        self.ready = Gauge(
+            "circuitserve_ready",
+            "1 when the server accepts inference requests.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         # the request path's children, memoized (see Children)
         self._requests, self._duration = Children(self.requests), Children(self.request_duration)
         self._queue_wait, self._compute = Children(self.queue_wait), Children(self.compute)
@@ -118,7 +143,11 @@ class Metrics:
 
     def add_level(self, model: str, level: str, queue_depth: Callable[[], float]) -> None:
         """Create a level's series up front (so they read 0, not absent) and wire its queue gauge."""
-        self.queue_depth.labels(model, level).set_function(queue_depth)
+        gauge = self.queue_depth.labels(model, level)
+        if multiprocess():  # a function's value stays in this process: refresh() writes it out
+            self._gauge_functions.append((gauge, queue_depth))
+        else:
+            gauge.set_function(queue_depth)
         for name in (self.request_duration, self.queue_wait, self.compute, self.batch_size):
             name.labels(model, level)
         self.inferred_samples.labels(model, level)
@@ -151,5 +180,16 @@ class Metrics:
         if missed:
             self._misses(model).inc()
 
+    def refresh(self) -> None:
+        """Write the function gauges' current values to this process's files (multiprocess mode;
+        each worker calls it periodically, and before answering /metrics)."""
+        for gauge, value in self._gauge_functions:
+            gauge.set(value())
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if not multiprocess():
+            return generate_latest(self.registry)
+        self.refresh()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        return generate_latest(registry)

@@ -7,8 +7,9 @@ wrong comes back as one line (`SettingsError`) naming the setting, its flag and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,6 +91,15 @@ class Settings(BaseSettings):
         default=False, description="also require the token on /v2/health/* and /metrics (probes send none)"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=1,
+        description="server processes sharing the port (one machine's cores); auto = one per core",
+    )
+    multiprocess_dir: Path | None = Field(
+        default=None,
+        description="private directory for the workers' metrics, stats and readiness files, emptied at "
+        "start; None = a new temporary directory (only used when workers > 1)",
+    )
 
     @field_validator("bundles")
     @classmethod
@@ -123,6 +133,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    def worker_count(self) -> int:
+        """`workers` as a number: `auto` is one per core this process may run on (call at start)."""
+        return cores() if self.workers == "auto" else self.workers
+
+    def core_share(self) -> int:
+        """Cores per worker, at least 1: the cap on onnxruntime's intra-op threads per session when
+        `intra_op_threads` is not set, so workers x threads <= cores."""
+        return max(1, cores() // self.worker_count())
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
@@ -130,7 +149,13 @@ class Settings(BaseSettings):
 
 
 # The `circuitserve serve` flags that set a field; every field also has its CIRCUITSERVE_* variable.
-FLAGS = {"bundles": "the BUNDLES arguments", "host": "--host", "port": "--port", "repository": "--repository"}
+FLAGS = {
+    "bundles": "the BUNDLES arguments",
+    "host": "--host",
+    "port": "--port",
+    "repository": "--repository",
+    "workers": "--workers",
+}
 _SECRET = frozenset({"auth_token", "admin_token"})
 
 
@@ -164,6 +189,14 @@ def load(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+
+
+def cores() -> int:
+    """CPUs this process may run on (its affinity mask, so `taskset` and cpusets count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _short(value: object, limit: int = 60) -> str:

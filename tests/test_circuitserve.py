@@ -33,3 +33,9 @@ def test_export_takes_a_version_and_serve_a_repository(tmp_path, monkeypatch):
     assert seen[0].repository == tmp_path and seen[0].bundles == []  # no default bundle trained
     result = CliRunner().invoke(app, ["serve", "--repository", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "repository directory not found" in result.output
+
+
+def test_serve_refuses_bad_workers_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--workers", "0"])
+    assert result.exit_code == 2 and "error: invalid settings: workers:" in result.output
+    assert "--workers or CIRCUITSERVE_WORKERS" in result.output

@@ -2,8 +2,10 @@
 
 Run by the bench with the peers' Python: `python litserve_app.py PORT`; settings in BENCH_* variables
 (see common.py). Request: {"input": <one example, nested>}; answer: {"class_index", "probabilities"}.
-One inference worker and one API server process: the machine has 2 cores, as for circuitserve."""
+One inference worker and one API server process: the machine has 2 cores, as for circuitserve;
+BENCH_API_SERVERS sets LitServe's num_api_servers (the workers section runs it with 2)."""
 
+import os
 import sys
 
 import litserve as ls
@@ -32,7 +34,11 @@ def main() -> None:
     # fast_queue: ZeroMQ between the API server and the worker, LitServe's advice above ~100 requests/s
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, fast_queue=True)
     server.run(
-        host="127.0.0.1", port=port, num_api_servers=1, log_level="warning", generate_client_file=False
+        host="127.0.0.1",
+        port=port,
+        num_api_servers=int(os.environ.get("BENCH_API_SERVERS", "1")),
+        log_level="warning",
+        generate_client_file=False,
     )
 
 

@@ -366,3 +366,24 @@ def test_inference_service_uses_our_runtime(isvc: dict[str, Any]) -> None:
         assert model["storageUri"].removeprefix("pvc://").split("/")[0] in claims
     gpu = "nvidia.com/gpu" in container["resources"]["limits"]
     assert gpu == container["image"].endswith("-cuda")
+
+
+def _cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize("deployment", of_kind("Deployment"), ids=lambda d: d["metadata"]["name"])
+def test_workers_fit_the_cpu_limit(deployment: dict[str, Any]) -> None:
+    """Workers are for one pod's cores (deploy/README.md, "Workers or more pods"): a number, not
+    auto (which would count the node's CPUs), and workers x onnxruntime threads within the limit."""
+    container = _container(deployment)
+    env = _container_env(container)
+    workers = env.get("CIRCUITSERVE_WORKERS", "1")
+    assert workers.isdigit(), "set CIRCUITSERVE_WORKERS to the CPU limit, not auto"
+    if "nvidia.com/gpu" in container["resources"]["limits"]:
+        assert workers == "1", "one worker keeps a GPU fed"
+        return
+    cpus = _cpus(str(container["resources"]["limits"]["cpu"]))
+    threads = int(env.get("CIRCUITSERVE_INTRA_OP_THREADS", "1"))
+    assert int(workers) * threads <= cpus
+    assert int(workers) == cpus, "one worker per CPU of the limit"
