@@ -448,9 +448,10 @@ def test_quick_report_targets(quick_report: tuple[dict[str, Any], Path]) -> None
     targets = quick_report[0]["targets"]
     from model.families import FAMILIES
 
-    # accuracy (digits), overhead x2, peers, Triton, peers at scale-out, overload, floor x2; then four
-    # per family besides the NAC and dataset (full vs the NAC, a cheap level, ranked vs random, training)
-    assert len(targets) == 9 + 4 * (len(FAMILIES) - 1) * len(quick_report[0]["accuracy"])
+    # accuracy (digits), overhead x2, peers, Triton, peers at scale-out, overload, floor x2, workers x2;
+    # then four per family besides the NAC and dataset (full vs the NAC, a cheap level, ranked vs
+    # random, training)
+    assert len(targets) == 11 + 4 * (len(FAMILIES) - 1) * len(quick_report[0]["accuracy"])
     for t in targets:
         assert t["goal"] and t["measured"]
         # judged exactly when measured: None only beside "not measured", a bool otherwise
