@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -436,6 +437,64 @@ def workers(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _our_generator(r: dict[str, Any], phase: str) -> dict[str, float] | None:
+    """circuitserve's figures at one concurrency from the peers section (bench/load.py, the native
+    route): medians over every paired run against every peer that ran."""
+    runs = [
+        pair["circuitserve"]
+        for name in PEER_NAMES
+        if (entry := r.get("peers", {}).get(name, {})).get("status") == "ok"
+        for pair in entry.get(phase, {}).get("pairs", [])
+    ]
+    if not runs:
+        return None
+    return {
+        k: float(statistics.median(run[k] for run in runs)) for k in ("throughput_rps", "p50_ms", "p99_ms")
+    }
+
+
+def perf_analyzer(r: dict[str, Any]) -> list[str]:
+    p = r.get("perf_analyzer")
+    if not p:
+        return []
+    lines = ["## 7. perf_analyzer: Triton's load generator against circuitserve", ""]
+    if p["status"] != "ok" and not any(k.startswith("c") and k[1:].isdigit() for k in p):
+        return [*lines, f"Status: {p['status']}", ""]
+    lines += [
+        f"An independent measure of section 3's circuitserve figures: Triton's perf_analyzer (tritonclient "
+        f"2.41.1) against `circuitserve serve` on model {p['model']} (level {p['level']}, the bench's "
+        f"server settings), over KServe v2 HTTP, one example per request, synchronous requests, "
+        f"{p['input_data']}; one run per concurrency, {p['measurement_interval_ms']} ms windows, stability "
+        f"bound {p['stability_percentage']}% (the machine is shared). Beside it, our own generator "
+        "(bench/load.py, the native route) from section 3: medians over its paired runs.",
+        "",
+    ]
+    if p["status"] != "ok":
+        lines += [f"Status: {p['status']}", ""]
+    rows = []
+    for phase, figures in _phases(p, "c"):
+        ours = _our_generator(r, phase)
+        rows.append((phase, {**figures, "ours": ours or {}}))
+    columns: list[Column] = [
+        ("concurrency", _key("c")),
+        ("perf_analyzer req/s", lambda _, v: v.get("throughput_rps", v.get("status"))),
+        ("p50 ms", _field("p50_ms")),
+        ("p99 ms", _field("p99_ms")),
+        ("our generator req/s", _field("ours", "throughput_rps")),
+        ("p50 ms", _field("ours", "p50_ms")),
+        ("p99 ms", _field("ours", "p99_ms")),
+        ("server's own mean ms", _field("server_request_ms")),
+        ("perf_analyzer cores", _field("client_cores")),
+    ]
+    needs = "; ".join(p["needs"])
+    return [
+        *lines,
+        *table(columns, rows),
+        f"What it needs: {needs}. Command (concurrency 1; the others alike): `{p['command']}`.",
+        "",
+    ]
+
+
 def targets(r: dict[str, Any]) -> list[str]:
     mark = {True: "reached", False: "**not reached**", None: "not measured"}
     columns: list[Column] = [
@@ -508,6 +567,7 @@ def render(r: dict[str, Any], images: dict[str, str]) -> str:
         (overload, "overload"),
         (latency_floor, "latency_floor"),
         (workers, "workers"),
+        (perf_analyzer, "perf_analyzer"),
     )
     for render_section, key in sections:
         lines += render_section(r)

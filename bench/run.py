@@ -5,8 +5,10 @@ baselines on the same splits), overhead (server vs raw onnxruntime), peers (LitS
 overload (open loop at 1x/2x/4x capacity with a latency budget), latency floor (one request at low
 load per level, against a bare ASGI app and raw onnxruntime; largest-request memory), families (every
 registered model family per level, over seeds, ranked against random unit order), workers
-(`serve --workers 2` against 1 worker and against LitServe's multi-process layouts). Trained models
-and bundles are cached under bench/out/ (see bench/build.py); server logs go to bench/out/logs/.
+(`serve --workers 2` against 1 worker and against LitServe's multi-process layouts), perf_analyzer
+(Triton's load generator against circuitserve: an independent measure beside our own generator's).
+Trained models and bundles are cached under bench/out/ (see bench/build.py); server logs go to
+bench/out/logs/.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from bench.levels import run_levels
 from bench.overhead import run_overhead
 from bench.overload import run_overload
 from bench.peers import run_peers
+from bench.perf_analyzer import run_perf_analyzer
 from bench.plan import FULL, QUICK, Plan
 from bench.workers import run_workers
 from export.manifest import Manifest
@@ -126,6 +129,9 @@ SECTIONS: dict[str, Callable[[_Context], dict[str, Any]]] = {
     "latency_floor": lambda c: {"latency_floor": run_latency_floor(c.plan, *c.bundle("small"), c.logs)},
     "families": lambda c: {"families": run_families(c.plan, c.cache)},
     "workers": lambda c: {"workers": run_workers(c.plan, *c.bundle("small"), c.cache, c.logs)},
+    "perf_analyzer": lambda c: {
+        "perf_analyzer": run_perf_analyzer(c.plan, *c.bundle("small"), c.cache, c.logs)
+    },
 }
 
 

@@ -325,7 +325,7 @@ def test_quick_report_files(quick_report: tuple[dict[str, Any], Path]) -> None:
     assert report["meta"]["quick"] is True and report["meta"]["machine"]
     assert set(report) == {
         *("meta", "models", "levels", "accuracy", "overhead", "peers", "scale_out", "overload"),
-        *("latency_floor", "families", "workers"),
+        *("latency_floor", "families", "workers", "perf_analyzer"),
         *("noise", "targets"),
     }
 
