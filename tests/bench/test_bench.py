@@ -310,7 +310,8 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, An
     out = tmp_path_factory.mktemp("bench")
     start = time.monotonic()
     run_all(out=out, quick=True)
-    assert time.monotonic() - start < 240  # ~60-90 s on 2 cores with the models cached
+    # ~4 minutes on 2 cores from a fresh clone: three tiny families trained, every section, peers skipped
+    assert time.monotonic() - start < 480
     return json.loads((out / "report.json").read_text()), out
 
 
