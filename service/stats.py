@@ -56,22 +56,34 @@ class RecentStats:
         self._prune(now)
         return [e for e in self._events if e.at >= now - window_s]
 
-    def snapshot(self, queue_depth: dict[str, dict[str, int]]) -> dict[str, Any]:
+    def windows(self) -> tuple[float, list[tuple[str, dict[str, Any], list[_Event]]]]:
+        """(uptime, per window: its name, the counts every stats body shares, and its successful
+        requests): what the single-process snapshot and a worker's mergeable partial build on."""
         now = time.monotonic()
         uptime = now - self.started
-        windows = {}
+        out = []
         for w in WINDOWS_S:
             events = self._recent(now, w)
             ok = [e for e in events if e.outcome == "success"]
             span = max(min(w, uptime), 1e-9)
-            latencies = np.array([e.latency_s * 1000 for e in ok])
-            errors = np.array([e.error_ms for e in ok if e.error_ms is not None])
-            budgeted = [e.budget_met for e in ok if e.budget_met is not None]
-            windows[f"{w}s"] = {
+            counts = {
                 "requests": len(events),
                 "requests_per_s": len(events) / span,
                 "samples_per_s": sum(e.samples for e in ok) / span,
                 "outcomes": dict(Counter(e.outcome for e in events)),
+            }
+            out.append((f"{w}s", counts, ok))
+        return uptime, out
+
+    def snapshot(self, queue_depth: dict[str, dict[str, int]]) -> dict[str, Any]:
+        uptime, per_window = self.windows()
+        windows = {}
+        for name, counts, ok in per_window:
+            latencies = np.array([e.latency_s * 1000 for e in ok])
+            errors = np.array([e.error_ms for e in ok if e.error_ms is not None])
+            budgeted = [e.budget_met for e in ok if e.budget_met is not None]
+            windows[name] = {
+                **counts,
                 "latency_ms": {
                     f"p{q}": (float(np.percentile(latencies, q)) if len(latencies) else None)
                     for q in (50, 95, 99)

@@ -64,22 +64,15 @@ class SharedStats(RecentStats):
         _write(self.directory / f"stats-{self.index}.json", self.partial(queue_depth))
 
     def partial(self, queue_depth: dict[str, dict[str, int]]) -> dict[str, Any]:
-        now = time.monotonic()
-        uptime = now - self.started
+        uptime, per_window = self.windows()
         windows = {}
-        for w in WINDOWS_S:
-            events = self._recent(now, w)
-            ok = [e for e in events if e.outcome == "success"]
-            span = max(min(w, uptime), 1e-9)
+        for name, counts, ok in per_window:
             levels: dict[str, Counter[str]] = {}
             for e in ok:
                 levels.setdefault(e.model, Counter())[e.level] += 1
             budgeted = [e.budget_met for e in ok if e.budget_met is not None]
-            windows[f"{w}s"] = {
-                "requests": len(events),
-                "requests_per_s": len(events) / span,
-                "samples_per_s": sum(e.samples for e in ok) / span,
-                "outcomes": dict(Counter(e.outcome for e in events)),
+            windows[name] = {
+                **counts,
                 "latency_ms": _quantiles([e.latency_s * 1000 for e in ok]),
                 "prediction_error_ms": _quantiles([e.error_ms for e in ok if e.error_ms is not None]),
                 "levels": {m: dict(c) for m, c in levels.items()},

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from service_helpers import asgi_client, make_settings
 from synthetic_bundle import write_bundle
@@ -29,3 +30,11 @@ def manifest(bundle_path: Path) -> Manifest:
 def client(bundle_path: Path) -> Iterator[TestClient]:
     with asgi_client(create_app(make_settings(bundle_path))) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def triton_client(address: str) -> Iterator[triton.InferenceServerClient]:
+    """tritonclient.http on the module's live server (each module that uses it has an `address`)."""
+    client = triton.InferenceServerClient(address)
+    yield client
+    client.close()

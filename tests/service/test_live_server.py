@@ -26,13 +26,6 @@ def address(bundle_path: Path) -> Iterator[str]:
         yield addr
 
 
-@pytest.fixture(scope="module")
-def triton_client(address: str) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(address)
-    yield client
-    client.close()
-
-
 def reference(bundle_path: Path, manifest: Manifest, level: str, x: np.ndarray) -> np.ndarray:
     """The level's probabilities straight from onnxruntime, to check the served answer."""
     file = next(lv.file for lv in manifest.levels if lv.name == level)

@@ -70,21 +70,16 @@ def address(repo: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client(address: str) -> Iterator[triton.InferenceServerClient]:
-    c = triton.InferenceServerClient(address)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def manifest(repo: Path) -> Manifest:
     return read_manifest(repo / NAME / "1")
 
 
-def infer(client: triton.InferenceServerClient, x: np.ndarray, version: str = "") -> triton.InferResult:
+def infer(
+    triton_client: triton.InferenceServerClient, x: np.ndarray, version: str = ""
+) -> triton.InferResult:
     inp = triton.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    return client.infer(NAME, [inp], model_version=version)
+    return triton_client.infer(NAME, [inp], model_version=version)
 
 
 def served_version(result: triton.InferResult) -> str:
@@ -93,17 +88,17 @@ def served_version(result: triton.InferResult) -> str:
 
 
 def test_repository_endpoints_take_the_admin_token(
-    address: str, client: triton.InferenceServerClient
+    address: str, triton_client: triton.InferenceServerClient
 ) -> None:
     with pytest.raises(InferenceServerException, match="admin bearer token"):
-        client.get_model_repository_index()
+        triton_client.get_model_repository_index()
     with httpx.Client(base_url=f"http://{address}") as http:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN}"}):
             for path in ("/v2/repository/index", f"/v2/repository/models/{NAME}/unload"):
                 r = http.post(path, headers=headers)
                 assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, headers)
                 assert ADMIN not in r.text
-    assert client.get_model_repository_index(headers=AUTH) == [
+    assert triton_client.get_model_repository_index(headers=AUTH) == [
         {"name": NAME, "version": "1", "state": "READY", "reason": ""}
     ]
 
@@ -116,7 +111,7 @@ def test_without_an_admin_token_the_repository_endpoints_are_off(bundle_path: Pa
 
 
 def test_a_new_version_is_swapped_in_under_load_without_losing_a_request(
-    address: str, client: triton.InferenceServerClient, repo: Path, staging: Path, manifest: Manifest
+    address: str, triton_client: triton.InferenceServerClient, repo: Path, staging: Path, manifest: Manifest
 ) -> None:
     stop, seen, failures = threading.Event(), [], []
 
@@ -135,21 +130,25 @@ def test_a_new_version_is_swapped_in_under_load_without_losing_a_request(
     try:
         time.sleep(0.3)
         shutil.copytree(staging / "2", repo / NAME / "2")
-        index = client.get_model_repository_index(headers=AUTH)
+        index = triton_client.get_model_repository_index(headers=AUTH)
         assert {r["version"]: r["state"] for r in index} == {"1": "READY", "2": "UNAVAILABLE"}
-        client.load_model(NAME, headers=AUTH)
-        assert client.get_model_metadata(NAME)["versions"] == ["1", "2"]
+        triton_client.load_model(NAME, headers=AUTH)
+        assert triton_client.get_model_metadata(NAME)["versions"] == ["1", "2"]
         x = sample_inputs(manifest, 1)
-        assert served_version(infer(client, x)) == "2"  # the latest is the default
-        assert served_version(infer(client, x, version="1")) == "1"
-        assert client.is_model_ready(NAME, model_version="1") and client.is_model_ready(NAME, "2")
-        assert not np.allclose(infer(client, x).as_numpy("logits"), infer(client, x, "1").as_numpy("logits"))
+        assert served_version(infer(triton_client, x)) == "2"  # the latest is the default
+        assert served_version(infer(triton_client, x, version="1")) == "1"
+        assert triton_client.is_model_ready(NAME, model_version="1") and triton_client.is_model_ready(
+            NAME, "2"
+        )
+        assert not np.allclose(
+            infer(triton_client, x).as_numpy("logits"), infer(triton_client, x, "1").as_numpy("logits")
+        )
         time.sleep(0.3)
         shutil.rmtree(repo / NAME / "1")  # gone from disk: the next load drops it
-        client.load_model(NAME, headers=AUTH)
-        assert client.get_model_metadata(NAME)["versions"] == ["2"]
+        triton_client.load_model(NAME, headers=AUTH)
+        assert triton_client.get_model_metadata(NAME)["versions"] == ["2"]
         with pytest.raises(InferenceServerException, match="no version '1'"):
-            infer(client, x, version="1")
+            infer(triton_client, x, version="1")
         time.sleep(0.3)
     finally:
         stop.set()
@@ -157,31 +156,31 @@ def test_a_new_version_is_swapped_in_under_load_without_losing_a_request(
     assert failures == []
     assert seen.count("1") > 0 and seen.count("2") > 0 and seen[-1] == "2"
     assert seen == sorted(seen)  # once the switch happened, no answer came from version 1 again
-    stats = client.get_inference_statistics(NAME)["model_stats"]
+    stats = triton_client.get_inference_statistics(NAME)["model_stats"]
     assert [s["version"] for s in stats] == ["2"] and stats[0]["inference_count"] > 0
 
 
 def test_a_load_that_fails_its_checksums_changes_nothing(
-    client: triton.InferenceServerClient, repo: Path, staging: Path
+    triton_client: triton.InferenceServerClient, repo: Path, staging: Path
 ) -> None:
     bad = shutil.copytree(staging / "3", repo / NAME / "3")
     level_file = next(bad.glob("*.onnx"))
     level_file.write_bytes(level_file.read_bytes() + b"tampered")
     try:
         with pytest.raises(InferenceServerException, match="checksum"):
-            client.load_model(NAME, headers=AUTH)
-        assert client.get_model_metadata(NAME)["versions"] == ["2"]
-        reasons = {r["version"]: r for r in client.get_model_repository_index(headers=AUTH)}
+            triton_client.load_model(NAME, headers=AUTH)
+        assert triton_client.get_model_metadata(NAME)["versions"] == ["2"]
+        reasons = {r["version"]: r for r in triton_client.get_model_repository_index(headers=AUTH)}
         assert reasons["3"]["state"] == "UNAVAILABLE" and "checksum" in reasons["3"]["reason"]
         assert reasons["2"]["state"] == "READY"
     finally:
         shutil.rmtree(bad)
     with pytest.raises(InferenceServerException, match="no bundle for model 'nope'"):
-        client.load_model("nope", headers=AUTH)
+        triton_client.load_model("nope", headers=AUTH)
 
 
 def test_unload_drains_queued_work_then_drops_the_model(
-    address: str, client: triton.InferenceServerClient, manifest: Manifest
+    address: str, triton_client: triton.InferenceServerClient, manifest: Manifest
 ) -> None:
     answers: list[str] = []
 
@@ -198,20 +197,20 @@ def test_unload_drains_queued_work_then_drops_the_model(
     queued.start()
     time.sleep(0.2)  # and one queued behind it
     t0 = time.monotonic()
-    client.unload_model(NAME, headers=AUTH)
+    triton_client.unload_model(NAME, headers=AUTH)
     took = time.monotonic() - t0
     first.join(timeout=30)
     queued.join(timeout=30)
     assert answers == ["2", "2"] and took > 0.5  # both answered before the unload returned
     with pytest.raises(InferenceServerException, match="unknown model"):
-        infer(client, sample_inputs(manifest, 1))
-    assert client.get_model_repository_index(headers=AUTH) == [
+        infer(triton_client, sample_inputs(manifest, 1))
+    assert triton_client.get_model_repository_index(headers=AUTH) == [
         {"name": NAME, "version": "2", "state": "UNAVAILABLE", "reason": "unloaded"}
     ]
     with pytest.raises(InferenceServerException, match="not loaded"):
-        client.unload_model(NAME, headers=AUTH)
-    client.load_model(NAME, headers=AUTH)
-    assert served_version(infer(client, sample_inputs(manifest, 1))) == "2"
+        triton_client.unload_model(NAME, headers=AUTH)
+    triton_client.load_model(NAME, headers=AUTH)
+    assert served_version(infer(triton_client, sample_inputs(manifest, 1))) == "2"
 
 
 def test_admin_bodies_are_decoded_and_bounded(address: str) -> None:

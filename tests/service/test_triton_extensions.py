@@ -29,15 +29,8 @@ def address(bundle_path: Path) -> Iterator[str]:
         yield addr
 
 
-@pytest.fixture(scope="module")
-def client(address: str) -> Iterator[triton.InferenceServerClient]:
-    c = triton.InferenceServerClient(address)
-    yield c
-    c.close()
-
-
 def _infer(
-    client: triton.InferenceServerClient,
+    triton_client: triton.InferenceServerClient,
     manifest: Manifest,
     x: np.ndarray,
     outputs: list[triton.InferRequestedOutput] | None = None,
@@ -45,19 +38,21 @@ def _infer(
 ) -> triton.InferResult:
     inp = triton.InferInput(manifest.input.name, list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    return client.infer(manifest.name, [inp], outputs=outputs, **kwargs)
+    return triton_client.infer(manifest.name, [inp], outputs=outputs, **kwargs)
 
 
-def test_every_extension_is_advertised(client: triton.InferenceServerClient) -> None:
-    extensions = client.get_server_metadata()["extensions"]
+def test_every_extension_is_advertised(triton_client: triton.InferenceServerClient) -> None:
+    extensions = triton_client.get_server_metadata()["extensions"]
     assert extensions == EXTENSIONS
     for name in ("model_configuration", "statistics", "classification", "model_repository"):
         assert name in extensions
 
 
-def test_model_config_is_triton_shaped(client: triton.InferenceServerClient, manifest: Manifest) -> None:
-    config = client.get_model_config(manifest.name)
-    assert config == client.get_model_config(manifest.name, model_version=manifest.version)
+def test_model_config_is_triton_shaped(
+    triton_client: triton.InferenceServerClient, manifest: Manifest
+) -> None:
+    config = triton_client.get_model_config(manifest.name)
+    assert config == triton_client.get_model_config(manifest.name, model_version=manifest.version)
     assert config["name"] == manifest.name and config["platform"] == "onnxruntime_onnx"
     assert config["max_batch_size"] == 64
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [8, 8]}]
@@ -70,23 +65,23 @@ def test_model_config_is_triton_shaped(client: triton.InferenceServerClient, man
     assert params["default_level"]["string_value"] == "full"
     assert all(isinstance(p["string_value"], str) for p in params.values())  # Triton's ModelParameter
     with pytest.raises(InferenceServerException, match="no version '7'"):
-        client.get_model_config(manifest.name, model_version="7")
+        triton_client.get_model_config(manifest.name, model_version="7")
     with pytest.raises(InferenceServerException, match="unknown model"):
-        client.get_model_config("nope")
+        triton_client.get_model_config("nope")
 
 
 def test_statistics_count_requests_per_model_version_and_level(
-    client: triton.InferenceServerClient, manifest: Manifest
+    triton_client: triton.InferenceServerClient, manifest: Manifest
 ) -> None:
     def ours(stats: dict[str, list[dict[str, object]]]) -> dict[str, object]:
         (entry,) = [s for s in stats["model_stats"] if s["name"] == manifest.name]
         return entry
 
-    before = ours(client.get_inference_statistics())
-    _infer(client, manifest, sample_inputs(manifest, 3), parameters={"sparsity_level": "1/4"})
-    _infer(client, manifest, sample_inputs(manifest, 2), parameters={"sparsity_level": "1/4"})
-    after = client.get_inference_statistics(manifest.name)
-    assert after == client.get_inference_statistics(manifest.name, manifest.version)
+    before = ours(triton_client.get_inference_statistics())
+    _infer(triton_client, manifest, sample_inputs(manifest, 3), parameters={"sparsity_level": "1/4"})
+    _infer(triton_client, manifest, sample_inputs(manifest, 2), parameters={"sparsity_level": "1/4"})
+    after = triton_client.get_inference_statistics(manifest.name)
+    assert after == triton_client.get_inference_statistics(manifest.name, manifest.version)
     entry = ours(after)
     assert entry["version"] == manifest.version
     assert entry["inference_count"] == before["inference_count"] + 5  # type: ignore[operator]
@@ -102,17 +97,17 @@ def test_statistics_count_requests_per_model_version_and_level(
     assert isinstance(levels, dict) and set(levels) == {"full", "1/2", "1/4", "1/8"}
     assert levels["1/4"]["inference_count"] - before["sparsity_levels"]["1/4"]["inference_count"] == 5  # type: ignore[index]
     with pytest.raises(InferenceServerException, match="unknown model"):
-        client.get_inference_statistics("stats-of-nothing")
+        triton_client.get_inference_statistics("stats-of-nothing")
 
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_classification_returns_top_classes(
-    client: triton.InferenceServerClient, manifest: Manifest, binary: bool
+    triton_client: triton.InferenceServerClient, manifest: Manifest, binary: bool
 ) -> None:
     x = sample_inputs(manifest, 4, seed=3)
-    plain = _infer(client, manifest, x).as_numpy("probabilities")
+    plain = _infer(triton_client, manifest, x).as_numpy("probabilities")
     outputs = [triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)]
-    result = _infer(client, manifest, x, outputs=outputs)
+    result = _infer(triton_client, manifest, x, outputs=outputs)
     assert result.get_output("probabilities")["datatype"] == "BYTES"
     top = result.as_numpy("probabilities")
     assert top is not None and plain is not None and top.shape == (4, 3)
@@ -124,16 +119,18 @@ def test_classification_returns_top_classes(
         np.testing.assert_allclose([float(p[0]) for p in parts], probs[indices], atol=1e-6)
     too_many = [triton.InferRequestedOutput("probabilities", class_count=11)]
     with pytest.raises(InferenceServerException, match="classification 11"):
-        _infer(client, manifest, x, outputs=too_many)
+        _infer(triton_client, manifest, x, outputs=too_many)
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
 def test_compressed_requests_are_decoded(
-    client: triton.InferenceServerClient, manifest: Manifest, algorithm: str
+    triton_client: triton.InferenceServerClient, manifest: Manifest, algorithm: str
 ) -> None:
     x = sample_inputs(manifest, 5, seed=4)
-    plain = _infer(client, manifest, x).as_numpy("probabilities")
-    packed = _infer(client, manifest, x, request_compression_algorithm=algorithm).as_numpy("probabilities")
+    plain = _infer(triton_client, manifest, x).as_numpy("probabilities")
+    packed = _infer(triton_client, manifest, x, request_compression_algorithm=algorithm).as_numpy(
+        "probabilities"
+    )
     np.testing.assert_array_equal(packed, plain)
 
 
