@@ -7,7 +7,10 @@
       ECE = Σ_m |B_m|/n * |accuracy(B_m) - mean confidence(B_m)|
 - Temperature scaling: probabilities softmax(z / T) with one T > 0 per level, fitted by minimising
   the validation negative log-likelihood. NLL is convex in β = 1/T, so a golden-section search on
-  β finds the minimum. The argmax, hence the accuracy, does not change.
+  β finds the minimum. The argmax, hence the accuracy, does not change. A validation split that the
+  level classifies entirely right (a small model on digits often does) has no minimum: the NLL
+  keeps falling as T -> 0, and the search ends at its bound. Such a T says "always certain", which
+  the test errors then contradict, so it is not used (T = 1).
 """
 
 from __future__ import annotations
@@ -79,8 +82,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 80
 
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> tuple[float, float, float]:
     """(T, validation ECE at T = 1, validation ECE at T): the temperature to fold into a level's
-    graph is the fitted one if it lowers the validation ECE, otherwise 1 (no change)."""
+    graph is the fitted one if it lowers the validation ECE, otherwise 1 (no change), as it is when
+    the fit runs to the search's bound (a validation split classified entirely right)."""
     t = fit_temperature(val_logits, val_labels)
+    if t <= 1.01 / BETA_RANGE[1]:  # the search ran to its bound: T is not identified (module docstring)
+        t = 1.0
     before = expected_calibration_error(softmax(val_logits), val_labels)
     after = expected_calibration_error(softmax(val_logits, t), val_labels)
     return (t, before, after) if after < before else (1.0, before, before)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from export.calibration import (
+    BETA_RANGE,
     calibrate,
     expected_calibration_error,
     fit_temperature,
@@ -55,3 +56,13 @@ def test_calibrate_keeps_one_when_the_temperature_does_not_help():
     labels = np.array([0, 1, 2, 0, 1, 2])
     logits = np.eye(3)[labels] * 50  # always right and sure: ECE 0 already
     assert calibrate(logits, labels) == (1.0, 0.0, 0.0)
+
+
+def test_calibrate_keeps_one_on_a_validation_split_classified_entirely_right():
+    """No error to calibrate against: the NLL falls all the way to the search's bound, and that T
+    (certain of everything) would be folded in although it lowers the validation ECE to 0."""
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    logits = np.eye(3)[labels] * 2  # always right, about 79% sure
+    assert fit_temperature(logits, labels) == pytest.approx(1 / BETA_RANGE[1], rel=0.05)
+    t, before, after = calibrate(logits, labels)
+    assert t == 1.0 and after == before > 0.2
