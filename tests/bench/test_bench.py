@@ -482,3 +482,20 @@ def test_only_reruns_one_section_and_keeps_the_others(quick_report: tuple[dict[s
     assert [run["sections"] for run in after["meta"]["runs"]] == [["latency_floor"]]
     assert "rerun by `--only`" in (out / "REPORT.md").read_text()
     assert json.loads((out / "report.json").read_text())["meta"]["runs"] == after["meta"]["runs"]
+
+
+def test_cheap_level_rules_follow_each_family_issue() -> None:
+    """Issue 16's rule (a level at <= 1/4 of the FLOPs, within 2 points) for a new family; NFM's own
+    (issue 17): its cheapest level, within 3 points."""
+    from bench import report
+
+    table = {
+        "full": {"flops": 100, "flops_fraction": 1.0},
+        "1/2": {"flops": 30, "flops_fraction": 0.3},
+        "1/4": {"flops": 20, "flops_fraction": 0.2},
+        "1/8": {"flops": 5, "flops_fraction": 0.05},
+    }
+    nfm, other = report.CHEAP_RULES["nfm"], report.CHEAP_RULES.get("interpreter", report.CHEAP_RULE)
+    assert [k for k, _ in nfm.levels(table)] == ["1/8"] and nfm.within == 0.03
+    assert [k for k, _ in other.levels(table)] == ["1/4", "1/8"] and other.within == 0.02
+    assert "cheapest level within 3 points" in nfm.goal() and "0.25x full's FLOPs within 2" in other.goal()
