@@ -42,8 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -63,8 +62,7 @@ _TIMER_GRAIN_S = 0.001  # event-loop timers cannot wait less than this
 SETTLE_TURNS = 2
 
 
-@dataclass(frozen=True)
-class BatchResult:
+class BatchResult(NamedTuple):  # a tuple: made once per request, several times cheaper than a dataclass
     outputs: Outputs  # this request's rows only, in its order
     queue_s: float  # arrival to its first batch's start
     compute_s: float  # compute of the batches its rows ran in
