@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.errors import BadRequest
 
@@ -18,8 +17,7 @@ MAX_PRIORITY = 2**31 - 1
 MAX_LATENCY_MS = 3.6e6
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
+class Budget(NamedTuple):  # immutable; a tuple, made once or twice per request (cheaper than a dataclass)
     level: str | float | None = None  # as sent (name or keep fraction); a level name once resolved
     latency_ms: float | None = None
     min_accuracy: float | None = None
@@ -31,7 +29,7 @@ class Budget:
         return self.latency_ms is not None or self.min_accuracy is not None
 
     def with_level(self, name: str) -> Budget:
-        return replace(self, level=name)
+        return Budget(name, self.latency_ms, self.min_accuracy, self.priority, self.timeout_ms)
 
 
 NONE = Budget()

@@ -44,7 +44,7 @@ from service import docs, errors, logs
 from service.content_encoding import Decoder
 from service.engine import Engine
 from service.errors import error_response
-from service.protocol import READ_BEGAN
+from service.protocol import BODY_COMPLETE, READ_BEGAN
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,20 @@ INFERENCE = re.compile(
 )
 # (engine, model name, version or None, request headers, body) -> (response body, response headers)
 Direct = Callable[[Engine, str, str | None, Headers, bytes], Awaitable[tuple[bytes, Mapping[str, str]]]]
+
+
+# The request headers the guard reads, found in one pass over the raw list (ASGI names are lowercase)
+_RID, _LENGTH, _AUTH, _ENCODING = (b"x-request-id", b"content-length", b"authorization", b"content-encoding")
+_READ = frozenset((_RID, _LENGTH, _AUTH, _ENCODING))
+
+
+def _wanted(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The first value of each header in _READ that the request has (as Starlette's Headers.get)."""
+    found: dict[bytes, str] = {}
+    for name, value in raw:
+        if name in _READ and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
 
 
 def is_probe(path: str) -> bool:
@@ -85,13 +99,14 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        rid = logs.request_id(headers.get(logs.HEADER))
+        wanted = _wanted(scope["headers"])
+        rid = logs.request_id(wanted.get(_RID))
         context = logs.current.set(rid)
         start = time.monotonic()
         exchange = _Exchange(send, rid.encode(), self.engine)
         send_with_id = exchange.send_with_id
         try:
-            await self._guarded(scope, receive, exchange, headers)
+            await self._guarded(scope, receive, exchange, headers, wanted)
         except ClientDisconnect:  # a route reading a body the client abandoned: nobody to answer
             log.info("%s %s: client disconnected", scope["method"], scope["path"])
         except Exception:
@@ -104,25 +119,27 @@ class Guard:
                 access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], exchange.status, ms)
             logs.current.reset(context)
 
-    async def _guarded(self, scope: Scope, receive: Receive, exchange: _Exchange, headers: Headers) -> None:
+    async def _guarded(
+        self, scope: Scope, receive: Receive, exchange: _Exchange, headers: Headers, wanted: dict[bytes, str]
+    ) -> None:
         path: str = scope["path"]
         send = exchange.send_with_id
-        if not self._authorized(path, headers):
+        if not self._authorized(path, wanted.get(_AUTH, "")):
             bearer = {"WWW-Authenticate": "Bearer"}
             await error_response(401, "missing or wrong bearer token", bearer)(scope, receive, send)
             return
         inference = INFERENCE.fullmatch(path)
         model = (inference["native"] or inference["v2"]) if inference else None
-        length = headers.get("content-length", "")
+        length = wanted.get(_LENGTH, "")
         if length.isdigit() and int(length) > self.settings.max_body_bytes:
             self._count(model, "bad_request")
             await error_response(413, self._too_large())(scope, receive, send)
             return
         if inference is None:
-            await self.app(scope, self._limited(scope, receive), send)
+            await self.app(scope, self._limited(wanted.get(_ENCODING), receive), send)
             return
         try:
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(scope, receive, wanted.get(_ENCODING))
         except Gone:
             self._count(model, "cancelled")
             log.info("%s %s: client disconnected before its body was complete", scope["method"], path)
@@ -174,24 +191,36 @@ class Guard:
             return
         await exchange.answer(answer, answer_headers)
 
-    def _authorized(self, path: str, headers: Headers) -> bool:
+    def _authorized(self, path: str, authorization: str) -> bool:
         if self.token is None or docs.is_docs(path) or is_admin(path):
             return True
         if is_probe(path) and not self.settings.protect_health_and_metrics:
             return True
-        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        scheme, _, credentials = authorization.partition(" ")
         given = credentials.strip().encode("utf-8", "replace")
         return hmac.compare_digest(given, self.token) and scheme.lower() == "bearer"
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole body, by the read deadline (TimeoutError), at most max_body_bytes (413)."""
+    async def _read_body(self, scope: Scope, receive: Receive, encoding: str | None) -> bytes:
+        """The whole body, by the read deadline (TimeoutError), at most max_body_bytes (413). A plain
+        body the protocol has whole already (service.protocol BODY_COMPLETE) is taken at once: no
+        deadline to arm, nothing to decode."""
+        first: Message | None = None
+        if encoding is None and scope.get("extensions", {}).get(BODY_COMPLETE):
+            first = await receive()
+            if first["type"] == "http.disconnect":
+                raise Gone
+            if not first.get("more_body", False):
+                body: bytes = first.get("body", b"")
+                if len(body) > self.settings.max_body_bytes:
+                    raise HTTPException(413, self._too_large())
+                return body
         loop = asyncio.get_running_loop()
         began = scope.get("extensions", {}).get(READ_BEGAN, loop.time())
-        decoder = self._decoder(scope)
+        decoder = self._decoder(encoding)
         chunks = []
         async with asyncio.timeout_at(began + self.settings.read_timeout_s):
             while True:
-                message = await receive()
+                message, first = first or await receive(), None
                 if message["type"] == "http.disconnect":
                     raise Gone
                 more = message.get("more_body", False)
@@ -199,7 +228,7 @@ class Guard:
                 if not more:
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+    def _limited(self, encoding: str | None, receive: Receive) -> Receive:
         """`receive`, decoding the body (415 for an unknown encoding) and raising 413 once it passes
         the limit (bodies without Content-Length, and decoded ones)."""
         decoder: Decoder | None = None
@@ -208,15 +237,14 @@ class Guard:
             nonlocal decoder
             message = await receive()
             if message["type"] == "http.request":
-                decoder = decoder or self._decoder(scope)
+                decoder = decoder or self._decoder(encoding)
                 more = message.get("more_body", False)
                 message = {**message, "body": decoder.feed(message.get("body", b""), not more)}
             return message
 
         return limited
 
-    def _decoder(self, scope: Scope) -> Decoder:
-        encoding = Headers(scope=scope).get("content-encoding")
+    def _decoder(self, encoding: str | None) -> Decoder:
         return Decoder(encoding, self.settings.max_body_bytes, self._too_large)
 
     def _too_large(self) -> str:

@@ -37,11 +37,14 @@ from service.v2_codec import encode_response, parse_request
 
 log = logging.getLogger(__name__)
 # A level whose last batch took at most this runs a lone request on the event loop (service.batcher),
-# saving the thread hop (two wake-ups: 0.1-0.3 ms here, more on a loaded machine). Only plain
-# onnxruntime sessions, under a watchdog that ends a run past INLINE_BOUND_S (service.runtime): a run
-# that stalls pauses the loop, its probes and a drain that long, once; the level then keeps to its
-# thread. A session whose run is overridden (a subclass, a fake) is never run inline.
-INLINE_MAX_S = 0.001
+# saving the thread hop: two thread wake-ups, each waiting for a core on a busy machine (a median of
+# ~0.1 ms, a p90 of ~2 ms here beside a training job) and ~0.2 ms more CPU per request (the run on a
+# cold core). 3 ms: the digits full level (0.6-1.1 ms a row here, with spikes past 2 ms) stays
+# inline. Only plain onnxruntime sessions, under a watchdog that ends a run past INLINE_BOUND_S
+# (service.runtime): a run that stalls pauses the loop, its probes and a drain that long, once; the
+# level then keeps to its thread. A session whose run is overridden (a subclass, a fake) is never
+# run inline.
+INLINE_MAX_S = 0.003
 INLINE_BOUND_S = 0.02
 
 

@@ -52,7 +52,10 @@ class LevelStats:
 
     def batch(self, samples: int, compute_s: float) -> None:
         self.execution_count += 1
-        self.batches.setdefault(samples, Duration()).add(compute_s)
+        duration = self.batches.get(samples)
+        if duration is None:
+            duration = self.batches[samples] = Duration()
+        duration.add(compute_s)
 
     def merge(self, other: LevelStats) -> None:
         self.inference_count += other.inference_count

@@ -94,10 +94,8 @@ class ServedModel:
     def resolve_level(self, spec: object) -> ServedLevel:
         """A level by name ("full", "1/2") or keep fraction (0.5, "0.5"); NotFound (404) if none
         matches, as for an unknown model."""
-        if isinstance(spec, str):
-            for lv in self.levels:
-                if lv.name == spec:
-                    return lv
+        if isinstance(spec, str) and spec in self._by_name:
+            return self._by_name[spec]
         fraction = _as_fraction(spec)
         if fraction is not None:
             for lv in self.levels:
@@ -119,7 +117,7 @@ class ServedModel:
             )
         if x.shape[0] < 1:
             raise BadRequest(f"input {spec.name!r} has no rows")
-        if not (np.abs(x) < INPUT_BOUND).all():  # also false for NaN
+        if not np.abs(x).max() < INPUT_BOUND:  # also false for NaN (the max of an array with one)
             raise BadRequest(
                 f"input {spec.name!r} contains NaN or infinite values, or values beyond ±{INPUT_LIMIT:.4g}"
             )

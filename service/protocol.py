@@ -8,7 +8,12 @@ connection forever, and one that sends 1 MB header lines or 10,000 headers is se
 - more than `max_header_bytes` of request line and headers, or more than `max_headers` header
   fields, get 431 and the connection closes;
 - the time the request began goes to the app as `scope["extensions"][READ_BEGAN]` (event-loop
-  time), so service.guard holds the body to the same deadline: one deadline for head and body.
+  time), so service.guard holds the body to the same deadline: one deadline for head and body;
+  `scope["extensions"][BODY_COMPLETE]` says the whole body is in already (no deadline to arm).
+- a response's head goes out with its body in one write (`OneWrite`), where uvicorn writes them
+  apart: two sends, two segments, and a client woken twice per answer (its read of the head alone
+  finds no body and waits again). Measured at concurrency 1 on 2 cores: sending an answer took a
+  median 150 µs as two writes.
 Idle keep-alive connections are uvicorn's own `timeout_keep_alive`.
 """
 
@@ -24,6 +29,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 READ_BEGAN = "circuitserve.read_began"
+BODY_COMPLETE = "circuitserve.body_complete"  # the whole body is in: service.guard reads it at once
 
 
 def plain_response(status: int, reason: str, text: str) -> bytes:
@@ -82,9 +88,18 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        before = self.cycle
         super().on_headers_complete()
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]
         scope.setdefault("extensions", {})[READ_BEGAN] = self._began
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:  # a request (not an upgrade): its own transport view
+            cycle.transport = OneWrite(self.transport, cycle, self.loop)  # type: ignore[assignment]
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope.setdefault("extensions", {})[BODY_COMPLETE] = True
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error; ours when the error was a limit raised in `_count`."""
@@ -122,3 +137,42 @@ class GuardedHttpTools(HttpToolsProtocol):
             text = f"request headers not complete within {self.timeout_s:g} s"
             self.transport.write(plain_response(408, "Request Timeout", text))
             self.transport.close()
+
+
+class OneWrite:
+    """A request cycle's view of its connection's transport: the response head (the first write once
+    the response has started) is held and written with the body's first write, as one. A head that
+    no write follows in the same turn of the loop (a body still to come) goes out at the next turn;
+    closing writes what is held first. Everything else is the transport's."""
+
+    __slots__ = ("_cycle", "_held", "_loop", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._cycle, self._loop = transport, cycle, loop
+        self._held: bytes | None = None
+        self._started = False  # the head was seen
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif not self._started and self._cycle.response_started:  # uvicorn's write of the head
+            self._started, self._held = True, data
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            data, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

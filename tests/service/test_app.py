@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import asgi_client, make_settings, metric, sample_inputs, v2_tensor
 
+import service.app as app_module
 from export.manifest import Manifest
 from service.app import create_app
 
@@ -282,3 +284,15 @@ def test_inference_routes_answer_405_to_other_methods(
 ) -> None:
     r = client.get(path.format(manifest.name))
     assert r.status_code == 405 and "POST" in r.headers["allow"]
+
+
+def test_once_loaded_the_young_generation_is_collected_less_often() -> None:
+    """freeze_loaded_objects (serve's on_ready): the collector's youngest threshold to GC_YOUNG."""
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        app_module.freeze_loaded_objects()
+        assert gc.get_threshold() == (app_module.GC_YOUNG, 10, 10) and app_module.GC_YOUNG > 700
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -297,11 +297,12 @@ def test_close_past_its_timeout_fails_what_is_left_with_503() -> None:
 
 
 def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
-    """After a fast batch, a request on the quiet level runs on the event loop: no thread hop."""
+    """After a fast batch, a request on the quiet level runs on the event loop: no thread hop, even
+    when it comes at once after the last answer (a client at concurrency 1 on a level whose run takes
+    longer than the client's turnaround)."""
 
     async def test(b: Batcher, model: Model) -> None:
         await b.submit(rows(2), deadline=soon())  # the first batch runs on the thread, and times it
-        await asyncio.sleep(0.01)  # idle for longer than that batch took
         threads: list[str] = []
         model_call = b._run
 
@@ -323,6 +324,66 @@ def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
         model.gate.set()
         await task
         assert len(model.batches) == 3
+
+    run(test, max_delay_s=0.0, inline_max_s=1.0)
+
+
+def on_threads(b: Batcher) -> list[str]:
+    """The names of the threads the batcher's runs run on, from now on, in order."""
+    names: list[str] = []
+    model_call = b._run
+
+    def recording(x: np.ndarray) -> dict[str, np.ndarray]:
+        names.append(threading.current_thread().name)
+        return model_call(x)
+
+    b._run = recording
+    return names
+
+
+def test_requests_arriving_while_an_inline_candidate_looks_run_with_it_on_the_thread() -> None:
+    """At load the candidate finds company within its settle: one batch, on the level's thread."""
+
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(1), deadline=soon())  # a fast first batch: the level may run inline
+        threads = on_threads(b)
+        tasks = [asyncio.create_task(b.submit(rows(1, i), deadline=soon())) for i in range(3)]
+        results = await asyncio.gather(*tasks)
+        assert [len(x) for x in model.batches] == [1, 3]
+        assert threads == ["infer-test"]
+        for i, r in enumerate(results):
+            np.testing.assert_array_equal(r.outputs["y"], rows(1, 2 * i))
+            assert r.batch_size == 3
+
+    run(test, max_delay_s=0.0, inline_max_s=1.0)
+
+
+def test_while_a_candidate_looks_no_batch_starts_and_what_came_starts_if_it_goes() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(1), deadline=soon())
+        candidate = asyncio.create_task(b.submit(rows(1), deadline=soon()))
+        await asyncio.sleep(0)  # it holds the level for its settle
+        assert not b.idle
+        other = asyncio.create_task(b.submit(rows(1, 5), deadline=soon()))
+        await asyncio.sleep(0)
+        assert b.queued_samples == 1 and b.running_since is None  # queued behind the candidate
+        candidate.cancel()  # the candidate's caller goes away: the other request starts
+        result = await other
+        np.testing.assert_array_equal(result.outputs["y"], rows(1, 10))
+        assert candidate.cancelled()
+
+    run(test, max_delay_s=0.0, inline_max_s=1.0)
+
+
+def test_a_candidate_still_looking_when_the_level_closes_gets_503() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(1), deadline=soon())
+        candidate = asyncio.create_task(b.submit(rows(1), deadline=soon()))
+        await asyncio.sleep(0)
+        b.stop_intake()
+        with pytest.raises(Unavailable):
+            await candidate
+        assert len(model.batches) == 1
 
     run(test, max_delay_s=0.0, inline_max_s=1.0)
 
