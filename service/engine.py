@@ -76,6 +76,8 @@ class Inference:
     decision: policy.Decision
     result: BatchResult
     lag_ms: float = 0.0  # the event loop's lag at admission (in the prediction, not the overhead)
+    own_ms: float = 0.0  # arrival to admission (decode, level choice): the request's own cost
+    resumed: float = 0.0  # time.monotonic() when its batches' result reached it again
     server_ms: float = 0.0  # arrival to the answer being encoded, measured
     budget_met: bool | None = None  # from server_ms (and the level's accuracy), not the prediction
 
@@ -93,9 +95,11 @@ class Engine:
     drain_deadline: float | None = None  # time.monotonic() by which the drain ends
     in_flight: int = 0  # inference requests between arrival and answer (kept by service.guard)
     lag: LoopLag = field(init=False)  # the event loop's lateness (started by service.app)
+    margin: policy.Margin = field(init=False)  # kept back from latency budgets at admission (shedding)
 
     def __post_init__(self) -> None:
         self.lag = LoopLag(self.settings.loop_lag_interval_ms / 1000)
+        self.margin = policy.Margin(self.settings.shed_miss_target, self.settings.shed_margin_step_ms)
 
     def model(self, name: str) -> ServedModel:
         if self.draining:
@@ -148,16 +152,21 @@ class Engine:
         if budget.level is not None:
             budget = budget.with_level(model.resolve_level(budget.level).name)
         lag_ms = self.lag.lag_ms
-        decision = self.choose(model, budget, len(rows), lag_ms)
+        shedding = budget.latency_ms is not None and self.settings.shed_late
+        margin_ms = self.margin.for_budget(budget.latency_ms or 0.0) if shedding else 0.0
+        decision = self.choose(model, budget, len(rows), lag_ms, margin_ms)
         finish_by = float("inf")
         if budget.latency_ms is not None and self.settings.shed_late:
-            if not policy.admit(decision, budget.latency_ms):
+            if not policy.admit(decision, budget.latency_ms, margin_ms):
                 raise Shed(
                     f"cannot answer within the latency budget of {budget.latency_ms:g} ms: predicted "
                     f"{decision.predicted_ms:.1f} ms at level {decision.level} (event loop "
-                    f"{lag_ms:.1f} ms late); retry later"
+                    f"{lag_ms:.1f} ms late, margin {margin_ms:.1f} ms); retry later"
                 )
-            finish_by = policy.finish_by(rec.start, budget.latency_ms, model.overhead.value, lag_ms)
+            finish_by = policy.finish_by(
+                rec.start, budget.latency_ms, model.overhead.value, lag_ms, margin_ms
+            )
+        admitted = time.monotonic()
         level = model.level(decision.level)
         rec.level, rec.served = level.name, level
         self.metrics.selected(model.name, level.name, decision.policy)
@@ -172,16 +181,17 @@ class Engine:
             finish_by=finish_by,
         )
         rec.queue_s, rec.compute_s = result.queue_s, result.compute_s
-        return Inference(level, budget, decision, result, lag_ms)
+        own_ms = (admitted - rec.start) * 1000
+        return Inference(level, budget, decision, result, lag_ms, own_ms, resumed=time.monotonic())
 
     def answered(self, model: ServedModel, inference: Inference, rec: Tracked) -> Inference:
         """Just before encoding: the measured server time, whether it met the budget, and what the
         prediction missed by (metrics, stats, and the online overhead estimate)."""
-        server_ms = (time.monotonic() - rec.start) * 1000
-        inference.server_ms = server_ms
-        result, budget = inference.result, inference.budget
-        waits_ms = (result.queue_s + result.compute_s) * 1000 + policy.LAG_HOPS * inference.lag_ms
-        model.overhead.observe(max(0.0, server_ms - waits_ms))
+        now = time.monotonic()
+        server_ms = inference.server_ms = (now - rec.start) * 1000
+        budget = inference.budget
+        # the request's own time on the loop; its waits for the loop are the lag's and the margin's
+        model.overhead.observe(inference.own_ms + (now - inference.resumed) * 1000)
         error_ms = server_ms - inference.decision.predicted_ms
         rec.error_ms = error_ms
         met: bool | None = None
@@ -191,10 +201,14 @@ class Engine:
                 latency is None or server_ms <= latency
             )
             inference.budget_met = rec.budget_met = met
+            if latency is not None and self.settings.shed_late:  # admitted on its latency budget
+                self.margin.observe(server_ms <= latency, latency)
         self.metrics.observe_answer(model.name, error_ms / 1000, met is False)
         return inference
 
-    def choose(self, model: ServedModel, budget: Budget, rows: int, lag_ms: float = 0.0) -> policy.Decision:
+    def choose(
+        self, model: ServedModel, budget: Budget, rows: int, lag_ms: float = 0.0, margin_ms: float = 0.0
+    ) -> policy.Decision:
         """`budget.level`, if any, already resolved to a level name."""
         fixed = budget.level if budget.level is not None else (None if budget.given else model.default_level)
         # a fixed level needs only its own state (for predicted_ms); only a budget compares levels
@@ -208,6 +222,7 @@ class Engine:
             self.settings.max_queue_delay_ms,
             model.overhead.value,
             lag_ms,
+            margin_ms,
         )
 
     def queue_depth(self) -> dict[str, dict[str, int]]:

@@ -5,8 +5,10 @@ Predicted server time of a request on a level, what the client sees less the net
     predicted = overhead + LAG_HOPS * lag + remaining + correction * sum(profile(b) for b in batches)
                 + fill wait
 
-- overhead: the server's own per-request cost (parse, hops, encode), measured at warm-up and
-  corrected online (an `Estimate`);
+- overhead: the server's own per-request cost on the event loop (decode, level choice, handling
+  the result), measured at warm-up and corrected online (an `Estimate`) from each answer's own
+  time (arrival to admission, result back to answer): not from what the prediction missed, or a
+  burst of late answers would make it a margin that nothing admitted can correct again;
 - lag: how late the event loop runs what is due now (service.loop_lag), paid at each of the
   LAG_HOPS waits for the loop a request makes once admitted (its batch handed back, its answer
   written): when the loop is the bottleneck, this is where the time goes;
@@ -27,11 +29,28 @@ Accuracy is a measurement on a finite test set, so the policy reads it with its 
 Shedding (`admit`, `finish_by`): a request with a latency budget B that cannot be answered in time
 gets a fast 503 instead of a late answer:
 
-    admitted   when  predicted <= B        (predicted: the chosen level's, the fastest if none fits)
-    finish_by  =     arrival + B - (overhead + LAG_HOPS * lag)
+    admitted   when  predicted + m <= B    (predicted: the chosen level's, the fastest if none fits;
+                                            a level fits when predicted + m <= B too)
+    finish_by  =     arrival + B - (overhead + LAG_HOPS * lag + m)
+    m          =     min(margin, MARGIN_SHARE * B)
 
 and a queued request whose batch would end after its finish_by (now + that batch's predicted
 compute > finish_by) is shed when the batch forms, not run.
+
+The margin (`Margin`) is learnt from outcomes, not predicted: each answer of an admitted request is a
+hit (server_ms <= B) or a miss, and
+
+    miss:  margin += step
+    hit:   margin -= step * target / (1 - target)      (never below 0)
+
+a stochastic-approximation (Robbins-Monro) tracker whose fixed point is the margin at which a share
+`target` of admitted requests miss: above it misses are rarer and the margin shrinks, below it they
+are commoner and it grows. Under overload the event loop, not compute, is the bottleneck, and a
+request admitted on the loop's lag of the moment waits one or two loop turns longer than that lag
+once the turns lengthen (hundreds of arrivals parsed and shed in each); the margin buys that slack
+back from the budget, and stays 0 while misses are rarer than `target`. Capped at MARGIN_SHARE of
+the budget, a request predicted to take under the rest of it is still admitted: answers keep coming,
+and the margin can shrink again once the overload ends (it moves only on answers).
 """
 
 from __future__ import annotations
@@ -45,6 +64,7 @@ from service.budget import Budget
 
 PolicyName = Literal["explicit", "latency_budget", "min_accuracy", "default"]
 LAG_HOPS = 2  # waits for the event loop between admission and the answer: batch handed back, answer written
+MARGIN_SHARE = 0.8  # the most of a latency budget the margin keeps back at admission
 
 
 @dataclass(frozen=True)
@@ -153,9 +173,11 @@ def choose(
     max_delay_ms: float,
     overhead_ms: float = 0.0,
     lag_ms: float = 0.0,
+    margin_ms: float = 0.0,
 ) -> Decision:
     """The level to run. `levels` must be non-empty; `budget.level` (a resolved name) and `default`
-    must be among them. A latency budget also caps the wait for a batch to fill (its slack)."""
+    must be among them. A latency budget also caps the wait for a batch to fill (its slack); a level
+    fits it with `margin_ms` to spare (the margin shedding keeps back, so `admit` agrees)."""
     fixed_ms = overhead_ms + LAG_HOPS * lag_ms
     if budget.level is not None or not budget.given:  # one level, named or the default: no comparison
         name = str(budget.level) if budget.level is not None else default
@@ -186,11 +208,10 @@ def choose(
     names = tied + [s.profile.name for s in candidates if s.profile.accuracy < tie]
 
     if budget.latency_ms is not None:
+        room = budget.latency_ms - margin_ms
         for n in names:
-            if work[n] <= budget.latency_ms:
-                return decide(
-                    n, "latency_budget", accuracy_met, min(max_delay_ms, budget.latency_ms - work[n])
-                )
+            if work[n] <= room:
+                return decide(n, "latency_budget", accuracy_met, min(max_delay_ms, room - work[n]))
         return decide(min(names, key=work.__getitem__), "latency_budget", False, 0.0)
 
     def total(n: str) -> float:
@@ -204,12 +225,45 @@ def retry_after_s(state: LevelState, max_batch_size: int) -> int:
     return max(1, math.ceil(work_ms(state, 0, max_batch_size) / 1000))
 
 
-def admit(decision: Decision, budget_ms: float) -> bool:
-    """Whether a request can meet its latency budget: its level's predicted server time fits."""
-    return decision.predicted_ms <= budget_ms
+class Margin:
+    """The slack (ms) kept back from every latency budget at admission, learnt from hits and misses
+    of the admitted requests' budgets (see the module docstring): its share of misses settles at
+    `target`."""
+
+    def __init__(self, target: float = 0.005, step_ms: float = 2.0) -> None:
+        if not 0 < target < 1:
+            raise ValueError(f"target miss rate {target} outside (0, 1)")
+        self.target = target
+        self.step_ms = step_ms
+        self.down_ms = step_ms * target / (1 - target)  # a hit's step: target misses in balance
+        self.value_ms = 0.0
+        self.hits = 0
+        self.misses = 0
+
+    def observe(self, met: bool, budget_ms: float) -> None:
+        """One admitted request's answer: whether its server time met its latency budget (of
+        `budget_ms`, which also caps the margin: more would not change what is admitted)."""
+        if met:
+            self.hits += 1
+            self.value_ms = max(0.0, self.value_ms - self.down_ms)
+        else:
+            self.misses += 1
+            self.value_ms = max(self.value_ms, min(self.value_ms + self.step_ms, MARGIN_SHARE * budget_ms))
+
+    def for_budget(self, budget_ms: float) -> float:
+        """The margin a request with this budget is held to: at most MARGIN_SHARE of the budget."""
+        return min(self.value_ms, MARGIN_SHARE * budget_ms)
 
 
-def finish_by(arrival_s: float, budget_ms: float, overhead_ms: float, lag_ms: float) -> float:
+def admit(decision: Decision, budget_ms: float, margin_ms: float = 0.0) -> bool:
+    """Whether a request can meet its latency budget: its level's predicted server time fits, with
+    `margin_ms` (`Margin.for_budget`) to spare."""
+    return decision.predicted_ms + margin_ms <= budget_ms
+
+
+def finish_by(
+    arrival_s: float, budget_ms: float, overhead_ms: float, lag_ms: float, margin_ms: float = 0.0
+) -> float:
     """The latest time (seconds, the clock of `arrival_s`) a budgeted request's last batch may end
     for its answer to leave within the budget (see the module docstring)."""
-    return arrival_s + (budget_ms - overhead_ms - LAG_HOPS * lag_ms) / 1000
+    return arrival_s + (budget_ms - overhead_ms - LAG_HOPS * lag_ms - margin_ms) / 1000

@@ -40,6 +40,21 @@ class Settings(BaseSettings):
         description="a request whose latency budget cannot be met gets 503 with Retry-After (shed), not a "
         "late answer; false: the fastest level runs and budget_met is false",
     )
+    shed_miss_target: float = Field(
+        default=0.005,
+        gt=0,
+        lt=1,
+        description="share of admitted latency-budgeted requests allowed to miss their budget: a margin "
+        "kept back from every budget at admission grows on each miss and shrinks on hits until misses "
+        "settle at this share (shedding; at most half a budget)",
+    )
+    shed_margin_step_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="how much one missed budget adds to that margin (0: no margin); a met one takes "
+        "step * target / (1 - target) off",
+    )
     loop_lag_interval_ms: float = Field(
         default=5.0, gt=0, le=1000, description="how often the event loop's lag is sampled (for shedding)"
     )

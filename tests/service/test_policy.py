@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from service.budget import Budget
 from service.policy import (
     LAG_HOPS,
+    MARGIN_SHARE,
     Correction,
     Estimate,
     LevelProfile,
     LevelState,
+    Margin,
     admit,
     choose,
     fill_wait_ms,
@@ -189,3 +192,77 @@ def test_finish_by_leaves_room_for_the_answer_after_the_batch() -> None:
     # arrival at t = 100 s, 50 ms budget, 2 ms of own cost, the loop 1 ms late: the batch ends by 146 ms
     assert finish_by(100.0, 50.0, 2.0, 1.0) == pytest.approx(100.0 + (50.0 - 2.0 - LAG_HOPS * 1.0) / 1000)
     assert finish_by(100.0, 50.0, 0.0, 0.0) == pytest.approx(100.05)
+
+
+def test_margin_stays_zero_while_misses_are_rarer_than_the_target() -> None:
+    margin = Margin(target=0.01, step_ms=2.0)
+    for i in range(10_000):
+        margin.observe(i % 500 != 0, 50.0)  # 0.2% misses: each one's step is undone within 100 hits
+    assert margin.value_ms == pytest.approx(0.0, abs=2.0)
+    assert margin.misses == 20 and margin.hits == 9_980
+
+
+def test_margin_grows_on_misses_shrinks_on_hits_and_is_capped() -> None:
+    margin = Margin(target=0.005, step_ms=2.0)
+    margin.observe(False, 50.0)
+    margin.observe(False, 50.0)
+    assert margin.value_ms == pytest.approx(4.0)
+    margin.observe(True, 50.0)  # one hit takes step * target / (1 - target) off
+    assert margin.value_ms == pytest.approx(4.0 - 2.0 * 0.005 / 0.995)
+    for _ in range(100):  # a burst of misses: at most MARGIN_SHARE of the budget kept back
+        margin.observe(False, 50.0)
+    assert margin.value_ms == pytest.approx(MARGIN_SHARE * 50.0)
+    assert margin.for_budget(10.0) == pytest.approx(MARGIN_SHARE * 10.0)  # a smaller budget, its own cap
+    for _ in range(100_000):  # and it comes back down on hits alone, never below 0
+        margin.observe(True, 50.0)
+    assert margin.value_ms == 0.0
+    with pytest.raises(ValueError):
+        Margin(target=0.0)
+
+
+def test_margin_settles_where_the_target_share_of_admitted_requests_misses() -> None:
+    """A controllable stand-in for an overloaded server: each request's unforeseen wait (the loop
+    turns it did not see coming) is drawn at random; it is admitted if its prediction plus the margin
+    fits the budget, and misses if prediction + wait does not."""
+    rng = np.random.default_rng(0)
+    budget, target = 50.0, 0.005
+    margin = Margin(target=target, step_ms=2.0)
+    missed = admitted = 0
+    for i in range(200_000):
+        predicted = rng.uniform(0.0, 40.0)
+        wait = rng.exponential(6.0)  # a 0.5% tail past ~32 ms
+        if predicted + margin.for_budget(budget) > budget:
+            continue  # shed
+        met = predicted + wait <= budget
+        margin.observe(met, budget)
+        if i >= 50_000:  # past the start, where it learns
+            admitted += 1
+            missed += not met
+    assert admitted > 10_000
+    assert missed / admitted == pytest.approx(target, rel=0.3)
+    # with no margin, the same requests miss ten times as often
+    no_margin = np.mean([rng.uniform(0, 40) + rng.exponential(6.0) > budget for _ in range(50_000)])
+    assert no_margin > 5 * target
+
+
+def test_the_margin_is_kept_back_at_admission_and_from_finish_by() -> None:
+    d = choose(states(), Budget(latency_ms=8.0), "full", 1, B, 0.0, overhead_ms=0.5)
+    assert d.predicted_ms == pytest.approx(2.5)
+    assert admit(d, 8.0, margin_ms=5.5) and not admit(d, 8.0, margin_ms=5.6)
+    assert finish_by(100.0, 50.0, 2.0, 1.0, 10.0) == pytest.approx(
+        100.0 + (50.0 - 2.0 - LAG_HOPS * 1.0 - 10.0) / 1000
+    )
+
+
+def test_a_level_fits_a_budget_with_the_margin_to_spare() -> None:
+    budget = Budget(latency_ms=8.0)
+    # full (2.5 ms with 0.5 of overhead) fits 8 ms with 5.5 kept back, not with 6: then 1/2 (1.5) runs
+    assert choose(states(), budget, "full", 1, B, 0.0, overhead_ms=0.5, margin_ms=5.5).level == "full"
+    d = choose(states(), budget, "full", 1, B, 0.0, overhead_ms=0.5, margin_ms=6.0)
+    assert d.level == "1/2" and admit(d, 8.0, 6.0)
+    # nothing fits 8 ms with 7.5 kept back: the fastest level is the prediction, and it is shed
+    worst = choose(states(), budget, "full", 1, B, 0.0, overhead_ms=0.5, margin_ms=7.5)
+    assert worst.level == "1/4" and worst.budget_met is False and not admit(worst, 8.0, 7.5)
+    # a batching delay waits at most the slack the margin leaves
+    idle = choose(states(), budget, "full", 1, B, 10.0, overhead_ms=0.5, margin_ms=4.0)
+    assert idle.level == "full" and idle.max_wait_ms == pytest.approx(8.0 - 4.0 - 2.5)

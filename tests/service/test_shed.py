@@ -16,7 +16,11 @@ from service_helpers import SLOW, asgi_client, child_server, make_settings, metr
 
 from export.manifest import Manifest
 from service.app import create_app
+from service.batcher import BatchResult
+from service.budget import Budget
+from service.engine import Inference, Tracked
 from service.loop_lag import LoopLag
+from service.policy import MARGIN_SHARE
 
 BUDGET_MS = 400.0  # far more than a loaded machine's event loop lag eats (those are shed at admission)
 HOLD_MS = 1500  # the batch that holds the full level: far past every queued request's budget
@@ -63,6 +67,66 @@ def test_a_late_event_loop_sheds_budgets_it_eats(bundle_path: Path, manifest: Ma
             metric(client, "circuitserve_requests_total", model=manifest.name, level="none", outcome="shed")
             == 1
         )
+
+
+class Behind(LoopLag):
+    """A loop that reads 60 ms late: two hops of it (120 ms) fit a 500 ms budget, not one with 400 ms
+    kept back."""
+
+    @property
+    def lag_ms(self) -> float:
+        return 60.0
+
+
+def test_the_learnt_margin_is_kept_back_from_budgets_at_admission(
+    bundle_path: Path, manifest: Manifest
+) -> None:
+    app = create_app(make_settings(bundle_path))
+    with asgi_client(app) as client:
+        engine = app.state.engine
+        engine.lag = Behind()
+        path = f"/v1/models/{manifest.name}/predict"
+        body = {"inputs": sample_inputs(manifest, 1).tolist(), "latency_budget_ms": 500}
+        engine.margin.value_ms = 0.0
+        assert client.post(path, json=body).status_code == 200
+        engine.margin.value_ms = 1000.0  # kept back: at most MARGIN_SHARE of the budget (400 ms)
+        r = client.post(path, json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert f"margin {MARGIN_SHARE * 500:.1f} ms" in r.json()["error"]
+        # a budget the margin's cap leaves room in: still admitted (the margin can shrink again)
+        roomy = {**body, "latency_budget_ms": 5000}
+        assert client.post(path, json=roomy).status_code == 200
+
+
+def test_answers_teach_the_margin_and_late_ones_not_the_overhead(
+    bundle_path: Path, manifest: Manifest
+) -> None:
+    """`Engine.answered` on answers made up here: one within its budget, one a second late that spent
+    that second waiting for the loop (after admission, before its result came back)."""
+    app = create_app(make_settings(bundle_path))
+    with asgi_client(app) as client:
+        engine = app.state.engine
+        model = engine.model(manifest.name)
+        level = model.levels[0]
+        budget = Budget(latency_ms=50.0)
+        decision = engine.choose(model, budget, 1)
+        result = BatchResult({}, 0.0, 0.001, 1)
+        before = model.overhead.value
+
+        def answer(age_s: float) -> Inference:
+            now = time.monotonic()
+            made = Inference(level, budget, decision, result, own_ms=0.2, resumed=now)
+            return engine.answered(model, made, Tracked(start=now - age_s))
+
+        assert answer(0.0).budget_met is True
+        assert (engine.margin.hits, engine.margin.misses, engine.margin.value_ms) == (1, 0, 0.0)
+        for _ in range(20):
+            assert answer(1.0).budget_met is False
+        assert engine.margin.misses == 20
+        assert engine.margin.value_ms == MARGIN_SHARE * 50.0  # 20 steps of 2 ms, capped at 40
+        # the late answers' waits are the margin's: the overhead learnt only their own 0.2 ms
+        assert model.overhead.value <= max(before, 1.0) < 50.0
+        assert client.get("/v2/health/ready").status_code == 200
 
 
 async def _queued_behind_a_long_batch(url: str, manifest: Manifest) -> tuple[int, list[httpx.Response]]:
