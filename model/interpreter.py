@@ -2,7 +2,8 @@
 dropped and whose script can stop early.
 
 The pieces, in the paper's words:
-- tokens: patches or chunks of the input (model.nac's tokenizer) with learned CLS tokens in front;
+- tokens: patches or chunks of the input (model.nac's tokenizer, optionally after a small
+  convolution, the `stem`) with learned CLS tokens in front;
 - functions: U of them, each with a fixed random signature s_u and a learned code c_u;
 - type matching: a type-inference MLP gives each token a type t_i; token i reaches function u in
   proportion to exp(-(1 - cos(s_u, t_i)) / sigma), cut to zero past a distance tau, normalised
@@ -42,6 +43,7 @@ class InterpreterConfig:
     patch: int = 4  # image patch side / signal chunk length / features per token (as the NAC's)
     stride: int = 2  # image: patch stride (0: the patch side)
     window: int = 1  # signal/features: a token sees this many consecutive chunks
+    stem: int = 0  # images, signals: channels of a small convolution in front of the tokenizer (0: none)
     cls_tokens: int = 1
     functions: int = 8  # U (the units a level drops)
     iterations: int = 4  # n: how often the script applies the function pod (the second knob)
@@ -66,12 +68,20 @@ class InterpreterConfig:
 
 
 PRESETS: dict[str, dict[str, object]] = {
-    # digits: the NAC's tokens (4x4 patches at stride 2 -> 16 tokens, each a quarter of the glyph)
-    "digits": dict(tokenizer="image", patch=4, stride=2, functions=8, iterations=4, dim=32, code_dim=16),
-    # MNIST-1D: the NAC's tokens (chunks of 2, each token seeing 4 chunks -> 20 tokens)
-    "mnist1d": dict(tokenizer="signal", patch=2, window=4, functions=8, iterations=4, dim=32, code_dim=16),
+    # digits: the NAC's tokens (4x4 patches at stride 2 -> 16 tokens, each a quarter of the glyph),
+    # read through a 16-channel 3x3 stem. Seed 0, 100 epochs with warps: full level 99.7% without
+    # the stem, 100% with it (every level 100%; 30 epochs without it: 97.2%)
+    "digits": dict(
+        tokenizer="image", patch=4, stride=2, stem=16, functions=8, iterations=4, dim=32, code_dim=16
+    ),
+    # MNIST-1D: the NAC's tokens (chunks of 2, each token seeing 4 chunks -> 20 tokens) read through
+    # a 16-channel 5-tap stem. Seed 0, 40 epochs with shifts: full level 96.2% with linear tokens,
+    # 97.6% with the stem (its 1/8 level 97.5%). The stem costs ~1% of full's FLOPs
+    "mnist1d": dict(
+        tokenizer="signal", patch=2, window=4, stem=16, functions=8, iterations=4, dim=32, code_dim=16
+    ),
     "features": dict(tokenizer="features", patch=4, functions=8, iterations=4, dim=32, code_dim=16),
-    "tiny": dict(functions=4, iterations=2, dim=16, code_dim=8, type_dim=8, heads=2),  # tests
+    "tiny": dict(functions=4, iterations=2, dim=16, code_dim=8, type_dim=8, heads=2, stem=4),  # tests
 }
 
 
@@ -113,6 +123,42 @@ def compatibility(types: Tensor, sig: Tensor, sigma: Tensor, tau: float, straigh
     # the eps alone for a token cut from every function: a gradient of 1/eps)
     smooth = soft / (soft.sum(dim=1, keepdim=True) + ROUTE_EPS)
     return smooth + (routed - smooth).detach()
+
+
+class Stem(nn.Module):
+    """Optional: a convolution (3x3 on images, 5 taps on signals) and a GELU in front of the
+    NAC's linear tokenizer, so a token is a nonlinear feature of its patch, not a linear map of its
+    pixels. Its output is laid out for that tokenizer: images (B, C, H, W); signals (B, L * C),
+    sample-major, so a chunk of p samples is p * C values (`per_sample` scales the patch)."""
+
+    def __init__(self, cfg: InterpreterConfig) -> None:
+        super().__init__()
+        c, self.kind = cfg.stem, cfg.tokenizer
+        self.per_sample = c if c and self.kind == "signal" else 1
+        self.conv: nn.Module | None = None
+        self.out_shape: tuple[int, ...] = cfg.input_shape
+        self.macs = 0  # per example
+        if not c:
+            return
+        if self.kind == "image":
+            if len(cfg.input_shape) != 2:
+                raise ValueError(f"a stem needs single-channel (H, W) images, got {cfg.input_shape}")
+            self.conv = nn.Conv2d(1, c, 3, padding=1)
+            self.out_shape = (c, *cfg.input_shape)
+            self.macs = math.prod(cfg.input_shape) * c * 9
+        elif self.kind == "signal":
+            self.conv = nn.Conv1d(1, c, 5, padding=2)
+            self.out_shape = (math.prod(cfg.input_shape) * c,)
+            self.macs = math.prod(cfg.input_shape) * c * 5
+        else:
+            raise ValueError("a stem is for images and signals, not feature vectors")
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, *input_shape) -> (B, *out_shape)
+        if self.conv is None:
+            return x
+        b = x.shape[0]
+        y = F.gelu(self.conv(x.reshape(b, 1, *x.shape[1:])))  # (B, C, H, W) or (B, C, L)
+        return y if self.kind == "image" else y.transpose(1, 2).reshape(b, -1)
 
 
 class LOC(nn.Module):
@@ -173,11 +219,12 @@ class Interpreter(nn.Module):
         self.mass: Tensor
         self.register_buffer("mass", torch.full((u,), 1.0 / u))
 
+        self.stem = Stem(cfg)
         tok_cfg = NACConfig(
-            input_shape=cfg.input_shape,
+            input_shape=self.stem.out_shape,
             num_classes=cfg.num_classes,
             tokenizer=cfg.tokenizer,
-            patch=cfg.patch,
+            patch=cfg.patch * self.stem.per_sample,
             stride=cfg.stride,
             window=cfg.window,
             dim=d,
@@ -205,7 +252,7 @@ class Interpreter(nn.Module):
         n = self.cfg.iterations if iterations is None else iterations
         codes = self.code if keep is None else self.code[keep]
         b = x.shape[0]
-        h = torch.cat([self.cls.expand(b, -1, -1), self.tokenizer(x)], dim=1)  # (B, N, D)
+        h = torch.cat([self.cls.expand(b, -1, -1), self.tokenizer(self.stem(x))], dim=1)  # (B, N, D)
         routed = torch.zeros(b, codes.shape[0])
         for _ in range(n):
             r = self.route(h, keep)  # types follow the tokens: matched afresh every iteration
@@ -253,7 +300,7 @@ def flops_per_example(model: Interpreter) -> int:
     Every function's stream is dense over the tokens, so the cost is linear in U and in n."""
     cfg, n = model.cfg, model.n_tokens
     d, s, f, u = cfg.dim, cfg.type_dim, cfg.dim * cfg.mlp_mult, cfg.functions
-    macs = model.tokenizer.n_tokens * model.tokenizer.proj.in_features * d  # tokenizer
+    macs = model.stem.macs + model.tokenizer.n_tokens * model.tokenizer.proj.in_features * d  # tokenizer
     per_loc = u * (4 * n * d * d + 2 * n * n * d + 2 * n * d * f)  # q, k, v, o; attention; MLP
     per_iter = n * (d * d + d * s) + n * u * s + cfg.locs * per_loc  # type inference + matching
     macs += cfg.iterations * per_iter + d * cfg.num_classes

@@ -31,7 +31,8 @@ def tiny(input_shape=(8, 8), **kw: Any) -> Interpreter:
         ((8, 8), {}, 16 + 1),  # 4x4 patches at stride 2, plus one CLS token
         ((8, 8), {"cls_tokens": 2, "locs": 2}, 16 + 2),
         ((40,), {"tokenizer": "signal", "patch": 2, "window": 4}, 20 + 1),
-        ((13,), {"tokenizer": "features", "patch": 4}, 4 + 1),
+        ((40,), {"tokenizer": "signal", "patch": 2, "window": 4, "stem": 0}, 20 + 1),
+        ((13,), {"tokenizer": "features", "patch": 4, "stem": 0}, 4 + 1),
     ],
 )
 def test_shapes(shape, kw, tokens):
@@ -41,6 +42,25 @@ def test_shapes(shape, kw, tokens):
     assert m(x).shape == (3, 5)
     assert m(x, mass=True).shape == (3, m.cfg.functions)
     assert m(x, keep=torch.tensor([2, 0]), iterations=1).shape == (3, 5)
+
+
+def test_stem_convolves_before_the_tokenizer_and_keeps_the_token_grid():
+    for shape, kw in (((8, 8), {}), ((40,), {"tokenizer": "signal", "patch": 2, "window": 4})):
+        plain, stemmed = tiny(shape, **kw, stem=0), tiny(shape, **kw, stem=4)
+        assert stemmed.n_tokens == plain.n_tokens  # the same patches, 4 channels each
+        assert stemmed.tokenizer.proj.in_features == 4 * plain.tokenizer.proj.in_features
+        assert stemmed.stem.macs > 0 and plain.stem.macs == 0 and plain.stem.conv is None
+        extra = flops_per_example(stemmed) - flops_per_example(plain)  # the stem, wider token inputs
+        wider = stemmed.tokenizer.n_tokens * 3 * plain.tokenizer.proj.in_features * stemmed.cfg.dim
+        assert extra == 2 * (stemmed.stem.macs + wider)
+    # signals: a chunk of p samples is p * C values, sample-major, so token i still starts at sample i * p
+    m = tiny((40,), tokenizer="signal", patch=2, window=4, stem=4)
+    x = torch.zeros(1, 40)
+    x[0, 30] = 1.0  # the 5-tap stem moves only samples 28..32
+    y = m.stem(x).reshape(40, 4)
+    assert torch.equal(y.abs().sum(-1) != y[0].abs().sum(), (torch.arange(40) - 30).abs() <= 2)
+    with pytest.raises(ValueError, match="not feature vectors"):
+        tiny((13,), tokenizer="features", patch=4, stem=4)
 
 
 def test_modlin_has_no_one_plus():
