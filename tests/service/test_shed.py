@@ -116,7 +116,8 @@ def test_answers_teach_the_margin_and_late_ones_not_the_overhead(
         def answer(age_s: float) -> Inference:
             now = time.monotonic()
             made = Inference(level, budget, decision, result, own_ms=0.2, resumed=now)
-            return engine.answered(model, made, Tracked(start=now - age_s))
+            answered: Inference = engine.answered(model, made, Tracked(start=now - age_s))
+            return answered
 
         assert answer(0.0).budget_met is True
         assert (engine.margin.hits, engine.margin.misses, engine.margin.value_ms) == (1, 0, 0.0)
