@@ -303,14 +303,7 @@ def test_a_lone_request_on_a_small_idle_level_runs_inline() -> None:
 
     async def test(b: Batcher, model: Model) -> None:
         await b.submit(rows(2), deadline=soon())  # the first batch runs on the thread, and times it
-        threads: list[str] = []
-        model_call = b._run
-
-        def recording(x: np.ndarray) -> dict[str, np.ndarray]:
-            threads.append(threading.current_thread().name)
-            return model_call(x)
-
-        b._run = recording
+        threads = on_threads(b)
         result = await b.submit(rows(2, 3), deadline=soon())
         assert threads == [threading.current_thread().name]
         np.testing.assert_array_equal(result.outputs["y"], rows(2, 6))
