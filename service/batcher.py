@@ -8,10 +8,11 @@
   and its answer is reassembled in order.
 - The queue is bounded in samples: a request that does not fit raises Unavailable (503).
 - A request whose deadline passes while rows of it are queued raises DeadlineExceeded (504) and its
-  queued rows never run. One given a `finish_by` (its latency budget, when shedding is on) whose
-  batch is predicted (`cost_s`) to end after it raises Shed (503) when the batch forms, unrun. One
-  whose rows are all running is awaited up to `max_overrun_s` more, then abandoned (504), so a
-  stuck session leaves no request hanging.
+  queued rows never run. The deadlines of a level's requests share one timer (`_Deadlines`), armed
+  for the earliest: a timer made and cancelled per request cost more than the heap. One given a
+  `finish_by` (its latency budget, when shedding is on) whose batch is predicted (`cost_s`) to end
+  after it raises Shed (503) when the batch forms, unrun. One whose rows are all running is awaited
+  up to `max_overrun_s` more, then abandoned (504), so a stuck session leaves no request hanging.
 - An error in a batch reaches every request with rows in it.
 - `close()` stops intake, lets the queue drain (up to a timeout), fails what is left, stops the thread.
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -96,6 +99,61 @@ class _Worker:
         self._jobs.put(None)
 
 
+class _Deadlines:
+    """The deadlines of a batcher's requests on one event-loop timer, armed for the earliest one. A
+    request answered before its deadline stays in the heap until the timer reaches it or a compaction
+    drops it (once COMPACT_AFTER answers are more than half the heap), so the heap stays about as
+    large as the requests in flight, and no timer is made or cancelled per request."""
+
+    COMPACT_AFTER = 1024
+
+    def __init__(self, expire: Callable[[Request], None]) -> None:
+        self._expire = expire
+        self._heap: list[tuple[float, int, Request]] = []  # (deadline, seq, request)
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = float("inf")  # the deadline the timer is armed for
+        self._answered = 0  # answered since the last compaction (an upper bound of those in the heap)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, loop: asyncio.AbstractEventLoop, request: Request) -> None:
+        heapq.heappush(self._heap, (request.deadline, next(self._seq), request))
+        if request.deadline < self._due:
+            self._arm(loop, request.deadline)
+
+    def answered(self) -> None:
+        """A request of the heap has its answer (or its error)."""
+        self._answered += 1
+        if self._answered > self.COMPACT_AFTER and 2 * self._answered > len(self._heap):
+            self._heap = [e for e in self._heap if not e[2].future.done()]
+            heapq.heapify(self._heap)
+            self._answered = 0
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._due = None, float("inf")
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = deadline
+        when = loop.time() + max(0.0, deadline - time.monotonic())
+        self._timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._due = None, float("inf")
+        heap, now = self._heap, time.monotonic()
+        while heap and (heap[0][0] <= now or heap[0][2].future.done()):
+            request = heapq.heappop(heap)[2]
+            if not request.future.done():
+                self._expire(request)
+        if heap:
+            self._arm(loop, heap[0][0])
+
+
 class Batcher:
     def __init__(
         self,
@@ -135,6 +193,7 @@ class Batcher:
         self._settling = False  # an inline candidate holds the level while it looks for company
         self._worker = _Worker(f"infer-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines = _Deadlines(self._expire)
 
     @property
     def max_queue_samples(self) -> int:
@@ -190,8 +249,7 @@ class Batcher:
             rows, priority, deadline, now, now + max(0.0, wait), loop.create_future(), finish_by
         )
         self._queue.put(request)
-        # one timer per request, not wait_for + shield: this is the hot path of every request
-        request.timer = loop.call_at(loop.time() + max(0.0, deadline - now), self._expire, request)
+        self._deadlines.add(loop, request)  # not wait_for + shield: this is the hot path of every request
         self._kick()
         try:
             result: BatchResult = await request.future
@@ -200,7 +258,9 @@ class Batcher:
             self._queue.remove(request)
             raise
         finally:
-            request.timer.cancel()
+            if request.timer is not None:  # awaited past its deadline (_expire)
+                request.timer.cancel()
+            self._deadlines.answered()
 
     def _check_room(self, n: int) -> None:
         if not self._queue.fits(n):
@@ -381,6 +441,7 @@ class Batcher:
         for request in self._queue.drain():
             _fail(request, Unavailable(f"{self.name}: shut down before this request ran"))
         self._running, self.running_samples, self.running_since = [], 0, None
+        self._deadlines.cancel()
         self._worker.shutdown()
 
 

@@ -415,3 +415,55 @@ def test_a_slow_level_keeps_running_on_its_thread() -> None:
         assert (await task).queue_s >= 0 and len(model.batches) == 2
 
     run(test, max_delay_s=0.0, delay_s=0.02, inline_max_s=0.01)
+
+
+class TimerCount:
+    """Counts the timers armed on the running loop (call_at and call_later)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = 0
+        for name in ("call_at", "call_later"):
+            real = getattr(loop, name)
+
+            def counted(*args: Any, _real: Any = real) -> Any:
+                self.armed += 1
+                return _real(*args)
+
+            monkeypatch.setattr(loop, name, counted)
+
+
+def test_many_requests_share_one_deadline_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        timers = TimerCount(asyncio.get_running_loop(), monkeypatch)
+        for _ in range(50):
+            await b.submit(rows(1), deadline=soon())
+        assert timers.armed <= 2, timers.armed  # was one per request
+
+    run(test, max_delay_s=0.0)
+
+
+def test_a_shorter_deadline_behind_longer_ones_still_expires_on_time() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        model.gate.clear()
+        blocker = asyncio.create_task(b.submit(rows(8), deadline=soon(30)))
+        await until(running(b))
+        patient = asyncio.create_task(b.submit(rows(1, 5), deadline=soon(30)))
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(rows(1, 7), deadline=soon(0.05))
+        assert time.monotonic() - started < 1.0
+        model.gate.set()
+        await blocker
+        assert (await patient).batch_size == 1  # the longer deadline was not expired with it
+        assert all(7 not in x for x in model.batches)
+
+    run(test)
+
+
+def test_answered_requests_leave_the_deadline_heap() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        for _ in range(3000):
+            await b.submit(rows(1), deadline=soon(60))
+        assert len(b._deadlines) <= 2 * 1024 + 1  # compacted, not one entry per answer for 60 s
+
+    run(test, max_delay_s=0.0)

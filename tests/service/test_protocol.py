@@ -111,3 +111,66 @@ def test_a_body_in_with_the_head_is_marked_complete_for_the_guard() -> None:
     assert scopes[0]["extensions"][BODY_COMPLETE] is True
     _, partial = serve_one(plain, REQUEST[:-1])  # one byte of the body still to come
     assert BODY_COMPLETE not in partial[0].get("extensions", {})
+
+
+class Counting:
+    """A loop for the protocol that counts the timers it arms (everything else: the real loop's)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.armed = loop, 0
+
+    def call_at(self, *args: Any) -> asyncio.TimerHandle:
+        self.armed += 1
+        return self.loop.call_at(*args)
+
+    def call_later(self, *args: Any) -> asyncio.TimerHandle:
+        self.armed += 1
+        return self.loop.call_later(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+def kept_alive(
+    requests: list[bytes], gap_s: float = 0.0, keep_alive_s: int = 5, read_timeout_s: float = 10.0
+) -> tuple[Transport, int, Any]:
+    """`requests` one after another on one kept-alive connection (each sent once the last one is
+    answered, `gap_s` later); (the transport, timers armed, the protocol), the connection still open."""
+    connection = Transport()
+
+    async def main() -> tuple[int, Any]:
+        loop = Counting(asyncio.get_running_loop())
+        config = uvicorn.Config(plain, lifespan="off", log_level="warning", timeout_keep_alive=keep_alive_s)
+        settings = Settings(read_timeout_s=read_timeout_s)
+        protocol = guarded_protocol(settings)(config, ServerState(), {}, loop)  # type: ignore[arg-type]
+        protocol.connection_made(connection)
+        for request in requests:
+            answered = len(connection.writes)
+            protocol.data_received(request)
+            while len(connection.writes) == answered and not connection.closed:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(gap_s)
+        return loop.armed, protocol
+
+    armed, protocol = asyncio.run(main())
+    return connection, armed, protocol
+
+
+def test_a_kept_alive_connection_arms_no_timer_per_request() -> None:
+    transport, armed, _ = kept_alive([REQUEST] * 30)
+    assert len(transport.writes) == 30 and not transport.closed
+    assert armed <= 3, armed  # read deadline, keep-alive: once each, not twice per request (60)
+
+
+def test_an_idle_kept_alive_connection_still_closes_after_the_keep_alive_timeout() -> None:
+    transport, _, _ = kept_alive([REQUEST], gap_s=1.3, keep_alive_s=1)
+    assert transport.closed  # idle 1.3 s after its answer
+    # answers at about 0 and 0.6 s, looked at 1.2 s: the timer armed at 0 found it busy since 0.6
+    transport, _, _ = kept_alive([REQUEST, REQUEST], gap_s=0.6, keep_alive_s=1)
+    assert not transport.closed and len(transport.writes) == 2
+
+
+def test_a_later_stalled_head_on_a_kept_alive_connection_still_gets_408() -> None:
+    start = b"POST /x HTTP/1.1\r\nHost: t\r\n"  # no end of head
+    transport, _, _ = kept_alive([REQUEST, REQUEST, start], gap_s=0.0, read_timeout_s=0.5)
+    assert transport.closed and transport.writes[-1].startswith(b"HTTP/1.1 408 ")
