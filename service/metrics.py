@@ -9,6 +9,7 @@ over live workers and `circuitserve_ready` their minimum (a dead worker's gauge 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -43,19 +44,43 @@ _ERROR_BUCKETS = tuple(
 
 class Children:
     """A metric's labelled children, looked up once per label set: prometheus_client's `labels()`
-    costs several µs a call (a lock, a tuple, validation), and a request makes about eight."""
+    costs several µs a call (a lock, a tuple, validation), and a request makes about eight. Each
+    child is kept as its one update function (`_updater`): `inc(amount)` of a counter, `observe(x)`
+    of a histogram."""
 
     __slots__ = ("_cache", "_metric")
 
     def __init__(self, metric: Any) -> None:
         self._metric = metric
-        self._cache: dict[tuple[str, ...], Any] = {}
+        self._cache: dict[tuple[str, ...], Callable[[float], None]] = {}
 
-    def __call__(self, *labels: str) -> Any:
-        child = self._cache.get(labels)
-        if child is None:
-            child = self._cache[labels] = self._metric.labels(*labels)
-        return child
+    def __call__(self, *labels: str) -> Callable[[float], None]:
+        update = self._cache.get(labels)
+        if update is None:
+            update = self._cache[labels] = _updater(self._metric.labels(*labels))
+        return update
+
+
+def _updater(child: Any) -> Callable[[float], None]:
+    """The child's update, straight to its values: a counter's `inc` and a histogram's `observe`
+    check on every call that the metric is a child, not a parent, and `observe` scans the buckets in
+    Python (measured here: 5 µs an observation, against about 1 with bisect). The same values are
+    updated (in multiprocess mode too: they are its files' values); prometheus_client's own methods
+    where its internals are not the ones known here."""
+    bounds, buckets, total = (getattr(child, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
+    if isinstance(bounds, list) and isinstance(buckets, list) and len(bounds) == len(buckets) and total:
+        incs, add, last = [b.inc for b in buckets], total.inc, len(buckets) - 1
+
+        def observe(amount: float) -> None:  # the first bucket whose bound >= amount, as prometheus_client
+            add(amount)
+            incs[min(bisect_left(bounds, amount), last)](1)
+
+        return observe
+    value = getattr(child, "_value", None)
+    if isinstance(child, Counter) and value is not None and hasattr(value, "inc"):
+        inc: Callable[[float], None] = value.inc
+        return inc
+    return child.observe if hasattr(child, "observe") else child.inc  # type: ignore[no-any-return]
 
 
 def multiprocess() -> bool:
@@ -159,26 +184,26 @@ class Metrics:
         self.prediction_error.labels(model)
 
     def observe_batch(self, model: str, level: str, samples: int, compute_s: float) -> None:
-        self._batch_size(model, level).observe(samples)
-        self._compute(model, level).observe(compute_s)
-        self._samples(model, level).inc(samples)
+        self._batch_size(model, level)(samples)
+        self._compute(model, level)(compute_s)
+        self._samples(model, level)(samples)
 
     def observe_request(
         self, model: str, level: str, outcome: str, duration_s: float, queue_s: float | None = None
     ) -> None:
-        self._requests(model, level, outcome).inc()
-        self._duration(model, level).observe(duration_s)
+        self._requests(model, level, outcome)(1)
+        self._duration(model, level)(duration_s)
         if queue_s is not None:
-            self._queue_wait(model, level).observe(queue_s)
+            self._queue_wait(model, level)(queue_s)
 
     def selected(self, model: str, level: str, policy: str) -> None:
-        self._selections(model, level, policy).inc()
+        self._selections(model, level, policy)(1)
 
     def observe_answer(self, model: str, error_s: float, missed: bool) -> None:
         """One answer's prediction error (measured - predicted server time) and budget miss."""
-        self._error(model).observe(error_s)
+        self._error(model)(error_s)
         if missed:
-            self._misses(model).inc()
+            self._misses(model)(1)
 
     def refresh(self) -> None:
         """Write the function gauges' current values to this process's files (multiprocess mode;
