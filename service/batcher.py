@@ -58,6 +58,7 @@ Outputs = dict[str, np.ndarray]
 RunFn = Callable[[np.ndarray], Outputs]
 BatchObserver = Callable[[int, float], None]  # (batch samples, compute seconds)
 CostFn = Callable[[int], float]  # batch samples -> predicted compute seconds
+Done = Callable[[Any, BaseException | None], None]  # a worker job's (result, error), on its thread
 _TIMER_GRAIN_S = 0.001  # event-loop timers cannot wait less than this
 # Turns of the event loop an inline candidate waits for company: the first lets the loop read the
 # sockets that are ready (their requests' tasks are created behind it), the second lets those tasks
@@ -73,27 +74,42 @@ class BatchResult(NamedTuple):  # a tuple: made once per request, several times 
 
 
 class _Worker:
-    """One daemon thread running jobs in order (a ThreadPoolExecutor's threads are joined at exit)."""
+    """One daemon thread running jobs in order (a ThreadPoolExecutor's threads are joined at exit).
+    A job's outcome goes to its `done(result, error)`, called on the thread: a batch needs no
+    concurrent Future (a Condition and its lock made per batch) to come back."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Done] | None]
         self._jobs = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
+        self._jobs.put((fn, args, done))
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
-        self._jobs.put((future, fn, args))
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        self.run(fn, args, done)
         return future
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            future, fn, args = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as exc:
-                    future.set_exception(exc)
+            fn, args, done = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                done(None, exc)
+            else:
+                done(result, None)
 
     def shutdown(self) -> None:
         self._jobs.put(None)
@@ -364,19 +380,25 @@ class Batcher:
         loop = self._loop
         assert loop is not None
 
-        def back(future: Future[Any]) -> None:  # on the inference thread
+        def back(result: Any, error: BaseException | None) -> None:  # on the inference thread
             with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits any more
-                loop.call_soon_threadsafe(self._finished, parts, future, start)
+                loop.call_soon_threadsafe(self._finished, parts, result, error, start)
 
-        self._worker.submit(self._timed, batch).add_done_callback(back)
+        self._worker.run(self._timed, (batch,), back)
 
-    def _finished(self, parts: list[Part], future: Future[Any], start: float) -> None:
+    def _finished(
+        self,
+        parts: list[Part],
+        result: tuple[Outputs, float] | None,
+        error: BaseException | None,
+        start: float,
+    ) -> None:
         if self._stopped or parts is not self._running:
             return  # closed past its drain timeout; those requests got 503
         self._running, self.running_samples, self.running_since = [], 0, None
-        error: BaseException | None = future.exception()
         if error is None:
-            outputs, compute = future.result()
+            assert result is not None
+            outputs, compute = result
             size, offset = sum(p.stop - p.start for p in parts), 0
             self._last_compute_s, self._last_rows = compute, size
             if self._on_batch is not None:
