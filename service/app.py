@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -34,6 +35,7 @@ from service.shutdown import DrainingServer
 
 log = logging.getLogger(__name__)
 GC_YOUNG = 5000  # allocations between collections of the youngest generation (see freeze_loaded_objects)
+GIL_SWITCH_S = 0.0005  # a thread waits this long for the GIL before its holder must drop it (Python: 5 ms)
 
 DESCRIPTION = """
 Serves modular networks whose compute is dialled per request: every model has sparsity levels
@@ -148,11 +150,18 @@ def freeze_loaded_objects() -> None:
     every GC_YOUNG allocations, not 700: at load the objects of the requests in flight (64 of them
     at concurrency 64) are alive at every young collection, scanned again each time and promoted
     into the older generations, whose collections then rescan them (at concurrency 64: 33 us of
-    collection per request with 700)."""
+    collection per request with 700).
+
+    And a level's inference thread gets the GIL within GIL_SWITCH_S, not Python's default 5 ms: it
+    needs it twice per batch, briefly (to hand the batch to onnxruntime, which then runs without it,
+    and to take the outputs back), and under load the event loop holds it all the time (its sockets'
+    reads and writes never release it), so each batch waited up to 5 ms to start and 5 ms more to
+    come back, the level idle meanwhile: at concurrency 64 that is most of a batch's own compute."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG, older, oldest)
+    sys.setswitchinterval(GIL_SWITCH_S)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -287,12 +288,15 @@ def test_inference_routes_answer_405_to_other_methods(
 
 
 def test_once_loaded_the_young_generation_is_collected_less_often() -> None:
-    """freeze_loaded_objects (serve's on_ready): the collector's youngest threshold to GC_YOUNG."""
-    before = gc.get_threshold()
+    """freeze_loaded_objects (serve's on_ready): the collector's youngest threshold to GC_YOUNG, and
+    the GIL handed to a waiting (inference) thread within GIL_SWITCH_S, not 5 ms."""
+    before, switch = gc.get_threshold(), sys.getswitchinterval()
     try:
         gc.set_threshold(700, 10, 10)
         app_module.freeze_loaded_objects()
         assert gc.get_threshold() == (app_module.GC_YOUNG, 10, 10) and app_module.GC_YOUNG > 700
+        assert sys.getswitchinterval() == app_module.GIL_SWITCH_S < 0.005
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        sys.setswitchinterval(switch)
