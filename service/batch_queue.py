@@ -28,6 +28,7 @@ class Request:
     """One caller's rows and what is known of their progress (the batcher fills in the rest)."""
 
     __slots__ = (
+        "__weakref__",  # service.batcher's deadline heap holds requests weakly
         "batch_size",
         "compute_s",
         "deadline",

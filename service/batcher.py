@@ -43,6 +43,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, NamedTuple
@@ -103,29 +104,33 @@ class _Worker:
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, args, done = job
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                done(None, exc)
-            else:
-                done(result, None)
+            self._do(*job)
+            del job  # a finished batch's rows are not kept until the next one comes
+
+    @staticmethod
+    def _do(fn: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            done(None, exc)
+        else:
+            done(result, None)
 
     def shutdown(self) -> None:
         self._jobs.put(None)
 
 
 class _Deadlines:
-    """The deadlines of a batcher's requests on one event-loop timer, armed for the earliest one. A
-    request answered before its deadline stays in the heap until the timer reaches it or a compaction
-    drops it (once COMPACT_AFTER answers are more than half the heap), so the heap stays about as
-    large as the requests in flight, and no timer is made or cancelled per request."""
+    """The deadlines of a batcher's requests on one event-loop timer, armed for the earliest one. The
+    heap holds its requests weakly: one answered before its deadline is dropped when the timer reaches
+    it or by a compaction (once COMPACT_AFTER answers are more than half the heap), and its rows and
+    outputs are freed at once. So no timer is made or cancelled per request."""
 
     COMPACT_AFTER = 1024
 
     def __init__(self, expire: Callable[[Request], None]) -> None:
         self._expire = expire
-        self._heap: list[tuple[float, int, Request]] = []  # (deadline, seq, request)
+        self._heap: list[tuple[float, int, weakref.ref[Request]]] = []  # (deadline, seq, request)
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._due = float("inf")  # the deadline the timer is armed for
@@ -135,7 +140,7 @@ class _Deadlines:
         return len(self._heap)
 
     def add(self, loop: asyncio.AbstractEventLoop, request: Request) -> None:
-        heapq.heappush(self._heap, (request.deadline, next(self._seq), request))
+        heapq.heappush(self._heap, (request.deadline, next(self._seq), weakref.ref(request)))
         if request.deadline < self._due:
             self._arm(loop, request.deadline)
 
@@ -143,7 +148,7 @@ class _Deadlines:
         """A request of the heap has its answer (or its error)."""
         self._answered += 1
         if self._answered > self.COMPACT_AFTER and 2 * self._answered > len(self._heap):
-            self._heap = [e for e in self._heap if not e[2].future.done()]
+            self._heap = [e for e in self._heap if _waiting(e[2]()) is not None]
             heapq.heapify(self._heap)
             self._answered = 0
 
@@ -162,12 +167,17 @@ class _Deadlines:
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer, self._due = None, float("inf")
         heap, now = self._heap, time.monotonic()
-        while heap and (heap[0][0] <= now or heap[0][2].future.done()):
-            request = heapq.heappop(heap)[2]
-            if not request.future.done():
+        while heap and (heap[0][0] <= now or _waiting(heap[0][2]()) is None):
+            request = _waiting(heapq.heappop(heap)[2]())
+            if request is not None:
                 self._expire(request)
         if heap:
             self._arm(loop, heap[0][0])
+
+
+def _waiting(request: Request | None) -> Request | None:
+    """The request if it still waits for its answer."""
+    return request if request is not None and not request.future.done() else None
 
 
 class Batcher:

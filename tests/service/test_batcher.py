@@ -4,8 +4,10 @@ errors, close. Timing is controlled with the model's gate (a batch runs until th
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -465,5 +467,20 @@ def test_answered_requests_leave_the_deadline_heap() -> None:
         for _ in range(3000):
             await b.submit(rows(1), deadline=soon(60))
         assert len(b._deadlines) <= 2 * 1024 + 1  # compacted, not one entry per answer for 60 s
+
+    run(test, max_delay_s=0.0)
+
+
+def test_an_answered_request_keeps_no_rows_alive() -> None:
+    """The deadline heap holds requests weakly: a large request's rows go once it is answered."""
+
+    async def test(b: Batcher, model: Model) -> None:
+        big = rows(64)
+        gone = weakref.ref(big)
+        await b.submit(big, deadline=soon(60))
+        model.batches.clear()  # the model's own record of what it ran
+        del big
+        gc.collect()
+        assert gone() is None
 
     run(test, max_delay_s=0.0)
