@@ -23,6 +23,9 @@ from model.nfm import NFM_FAMILY
 class Family(Protocol):
     name: str  # the manifest's `family`, e.g. "nac"
     unit: str  # what a level drops, e.g. "modules"
+    # units every order starts with (an NFM's pass 1, which every level runs): the random-order
+    # control permutes only the rest, so at each level it keeps as many units of the same kind
+    leading_units: int
 
     @property
     def presets(self) -> Mapping[str, Mapping[str, object]]:

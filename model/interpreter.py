@@ -347,6 +347,7 @@ class InterpreterFamily:
 
     name = "interpreter"
     unit = "functions"
+    leading_units = 0
     presets = PRESETS
 
     def build(

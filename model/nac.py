@@ -402,6 +402,7 @@ class NACFamily:
 
     name = "nac"
     unit = "modules"
+    leading_units = 0
     presets = PRESETS
 
     def build(

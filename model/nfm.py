@@ -332,6 +332,7 @@ class NFMFamily:
 
     name = "nfm"
     unit = "stages"
+    leading_units = 1  # pass 1: unit 0, always first (pass 2 reads its memory)
     presets = PRESETS
 
     def build(

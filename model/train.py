@@ -132,6 +132,14 @@ def level_accuracies(
     return out
 
 
+def control_order(ranked: Tensor, leading: int, seed: int) -> Tensor:
+    """The random-order control for `ranked` (U,): its first `leading` units, then the others in a
+    random permutation drawn from `seed`. With leading = 0 that is torch.randperm(U) itself."""
+    fixed = ranked[:leading]
+    rest = torch.tensor(sorted(set(range(len(ranked))) - set(fixed.tolist())), dtype=torch.long)
+    return torch.cat([fixed, rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))]])
+
+
 def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
     family = families.get(cfg.family)
     return family.build(data.input_shape, len(data.labels), cfg.preset or data.preset, cfg.overrides)
@@ -197,7 +205,6 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     data = load_dataset(cfg.dataset, cfg.seed)
     family = families.get(cfg.family)
     model = build_model(cfg, data)
-    units = family.units(model)
     cfg = resolve(cfg, data)
     epochs = cfg.epochs or 1
     mean_np, std_np = data.normalization()
@@ -251,7 +258,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
     if isinstance(family, families.RanksOnData):  # measured on the validation split, never the test's
         family.rank_on(model, x_val, torch.from_numpy(data.val.y))
     outdegree = family.ranking(model, x_val)
-    random_order = torch.randperm(units, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    random_order = control_order(outdegree, family.leading_units, cfg.seed + 1)
     results = {
         "outdegree": level_accuracies(family, model, data.test, mean, std, outdegree, cfg.levels),
         "random": level_accuracies(family, model, data.test, mean, std, random_order, cfg.levels),

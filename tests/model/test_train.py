@@ -4,11 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model import levels
 from model.data import load_dataset, shift_images
 from model.nac import NAC_FAMILY
 from model.train import (
     RECIPES,
     TrainConfig,
+    control_order,
     distill_loss,
     draw_levels,
     load_checkpoint,
@@ -150,3 +152,24 @@ def test_shift_images_reaches_every_offset_up_to_max_shift():
     offsets = {(int(p) // 7 - 3, int(p) % 7 - 3) for p in pos}
     assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
     assert torch.equal(shift_images(x, torch.Generator().manual_seed(0), max_shift=0), x)
+
+
+def test_the_control_order_keeps_the_leading_units_and_permutes_the_rest():
+    ranked = torch.tensor([0, 3, 1, 2, 4])
+    assert torch.equal(
+        control_order(ranked, 0, 7), torch.randperm(5, generator=torch.Generator().manual_seed(7))
+    )
+    for seed in range(20):
+        order = control_order(ranked, 1, seed)
+        assert order[0] == 0 and sorted(order.tolist()) == [0, 1, 2, 3, 4]
+    assert len({tuple(control_order(ranked, 1, s).tolist()) for s in range(20)}) > 1
+
+
+def test_an_nfm_control_at_its_fewest_stages_is_its_ranked_level():
+    """Pass 1 alone is the NFM's cheapest level in either order: a random control that dropped pass 1
+    for a read would be another, costlier model, and ranked-vs-random there would compare the two."""
+    cfg = TrainConfig(dataset="digits", family="nfm", epochs=1, preset="tiny", batch_size=64, ema=0)
+    _, meta = train(cfg)
+    assert meta["ranking"]["random"][0] == meta["ranking"]["outdegree"][0] == 0
+    cheapest = min(meta["test_accuracy"]["outdegree"], key=levels.parse)
+    assert meta["test_accuracy"]["random"][cheapest] == meta["test_accuracy"]["outdegree"][cheapest]
