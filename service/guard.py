@@ -23,6 +23,11 @@
   http.response.start and one body: on small models that machinery costs more CPU than the model
   itself (profiled; bench/REPORT.md has the figures). FastAPI still documents the routes; errors take
   the same mapping (service.errors.handle).
+- Refusals are written the same way: a ServiceError a direct handler raises (a shed above all) and
+  the guard's own 401/408/413/415/429 go out as service.errors' status, body and headers in one start
+  and one body, with no Request or Response object built (`_Exchange.refuse`): under overload most
+  requests are refused, and what a refusal costs the event loop decides how much of it is left
+  for the requests that are answered.
 - The guard is the outermost layer of the app (service.app), ahead of FastAPI's own middlewares.
 """
 

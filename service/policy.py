@@ -35,8 +35,10 @@ gets a fast 503 instead of a late answer:
     m          =     min(margin, MARGIN_SHARE * B)
 
 A request for which overhead + LAG_HOPS * lag + m > B (`hopeless`: no level fits, whatever its
-queue) is shed before any level is compared, and a queued request whose batch would end after its
-finish_by (now + that batch's predicted compute > finish_by) is shed when the batch forms, not run.
+queue) is shed before any level is compared. A batch holds only requests it is predicted to finish
+by their finish_by (now + its predicted compute <= each one's; service.batch_queue cuts it short
+rather than let later rows make an earlier request late), and a queued request that not even the
+next batch could finish in time is shed when it reaches the head of its queue, not run.
 
 The margin (`Margin`) is learnt from outcomes, not predicted: each answer of an admitted request is a
 hit (server_ms <= B) or a miss, and
