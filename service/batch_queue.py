@@ -9,15 +9,24 @@ the order rules live in one small place with no threads, timers or event loop:
   that arrives behind a max-size one waits for at most about two full batches.
 - Bounded in samples (rows not yet taken); `fits` says whether a request would fit.
 - A removed request (expired, cancelled, failed) is skipped lazily when it reaches the head.
-- A request found at the head past its deadline is expired; one whose `finish_by` (the latest end of
-  its batch that still meets its latency budget, service.policy.finish_by) is before the batch's
-  predicted end is late: both leave the queue unrun, for the caller to fail.
+- A request found at the head past its deadline is expired: it leaves the queue unrun, for the
+  caller to fail.
+- With a `cost` (rows -> predicted seconds of a batch), a batch holds only what it can finish in
+  time: the head's rows join it while its predicted end (now + cost(rows in it)) is at or before the
+  `finish_by` (the latest end of a request's batch that still meets its latency budget,
+  service.policy.finish_by) of every request in it. A request that would end it too late waits for
+  the next batch, unless that one too would end after its finish_by (now + cost(rows before it) +
+  cost(its rows)): then it is late, and leaves the queue unrun. So under overload the requests
+  queued behind one cannot make it late: its batch is cut short instead (on CPU a batch's cost is
+  close to linear in its rows, so short batches cost little throughput), and what cannot be
+  finished in time is shed when it reaches the head, not after the batch that would answer it late.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,15 +136,16 @@ class BatchQueue:
             request.removed = True
 
     def take(
-        self, max_rows: int, now: float, ends: float | None = None
+        self, max_rows: int, now: float, cost: Callable[[int], float] | None = None
     ) -> tuple[list[Part], list[Request], list[Request]]:
         """Up to `max_rows` rows in priority order, and the requests found at the head expired
-        (deadline passed) and late (`finish_by` before `ends`, the batch's predicted end; None:
-        none is late), removed, for the caller to fail."""
+        (deadline passed) and late (see the module docstring; no `cost`: none is late), removed,
+        for the caller to fail."""
         parts: list[Part] = []
         expired: list[Request] = []
         late: list[Request] = []
         room = max_rows
+        earliest = float("inf")  # the earliest finish_by among the requests in the batch
         while room and self._heap:
             request = self._heap[0].request
             if request.removed or request.future.done():
@@ -147,13 +157,18 @@ class BatchQueue:
                 self.remove(request)
                 expired.append(request)
                 continue
-            if ends is not None and request.finish_by < ends:
-                heapq.heappop(self._heap)
-                self.remove(request)
-                late.append(request)
-                continue
             start = request.taken
             stop = start + min(room, request.n - start)
+            if cost is not None:
+                rows = max_rows - room
+                if now + cost(rows + stop - start) > min(earliest, request.finish_by):
+                    if rows and now + cost(rows) + cost(stop - start) <= request.finish_by:
+                        break  # it heads the next batch, which it can still make
+                    heapq.heappop(self._heap)
+                    self.remove(request)
+                    late.append(request)
+                    continue
+                earliest = min(earliest, request.finish_by)
             parts.append(Part(request, start, stop))
             request.taken = stop
             self.samples -= stop - start

@@ -10,9 +10,11 @@
 - A request whose deadline passes while rows of it are queued raises DeadlineExceeded (504) and its
   queued rows never run. The deadlines of a level's requests share one timer (`_Deadlines`), armed
   for the earliest: a timer made and cancelled per request cost more than the heap. One given a
-  `finish_by` (its latency budget, when shedding is on) whose batch is predicted (`cost_s`) to end
-  after it raises Shed (503) when the batch forms, unrun. One whose rows are all running is awaited
-  up to `max_overrun_s` more, then abandoned (504), so a stuck session leaves no request hanging.
+  `finish_by` (its latency budget, when shedding is on) is kept out of batches predicted (`cost_s`)
+  to end after it: the batch is cut short before rows that would make it late
+  (service.batch_queue), and it raises Shed (503), unrun, once not even the next batch could end in
+  time. One whose rows are all running is awaited up to `max_overrun_s` more, then abandoned (504),
+  so a stuck session leaves no request hanging.
 - An error in a batch reaches every request with rows in it.
 - `close()` stops intake, lets the queue drain (up to a timeout), fails what is left, stops the thread.
 - Batches run on one daemon thread per level, so a session stuck in a run cannot hold up the exit.
@@ -359,8 +361,7 @@ class Batcher:
                 if start_by is not None and start_by - now >= _TIMER_GRAIN_S:
                     self._arm_fill_timer(start_by - now)
                     return
-            ends = now + self._cost_s(min(self._queue.samples, self.max_batch_size))
-            parts, expired, late = self._queue.take(self.max_batch_size, now, ends)
+            parts, expired, late = self._queue.take(self.max_batch_size, now, self._cost_s)
             for request in expired:
                 _fail(request, DeadlineExceeded(f"{self.name}: deadline passed before running"))
             for request in late:

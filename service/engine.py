@@ -69,6 +69,13 @@ class Tracking:
         )
 
 
+def _shed(budget_ms: float, predicted: str, lag_ms: float, margin_ms: float) -> Shed:
+    return Shed(
+        f"cannot answer within the latency budget of {budget_ms:g} ms: predicted {predicted} (event "
+        f"loop {lag_ms:.1f} ms late, margin {margin_ms:.1f} ms); retry later"
+    )
+
+
 @dataclass
 class Inference:
     level: ServedLevel
@@ -152,20 +159,18 @@ class Engine:
         if budget.level is not None:
             budget = budget.with_level(model.resolve_level(budget.level).name)
         lag_ms = self.lag.lag_ms
-        shedding = budget.latency_ms is not None and self.settings.shed_late
-        margin_ms = self.margin.for_budget(budget.latency_ms or 0.0) if shedding else 0.0
+        latency = budget.latency_ms if self.settings.shed_late else None  # shedding: on that budget
+        margin_ms = self.margin.for_budget(latency) if latency is not None else 0.0
+        if latency is not None and policy.hopeless(latency, model.overhead.value, lag_ms, margin_ms):
+            fixed = model.overhead.value + policy.LAG_HOPS * lag_ms
+            raise _shed(latency, f"at least {fixed:.1f} ms at any level", lag_ms, margin_ms)
         decision = self.choose(model, budget, len(rows), lag_ms, margin_ms)
         finish_by = float("inf")
-        if budget.latency_ms is not None and self.settings.shed_late:
-            if not policy.admit(decision, budget.latency_ms, margin_ms):
-                raise Shed(
-                    f"cannot answer within the latency budget of {budget.latency_ms:g} ms: predicted "
-                    f"{decision.predicted_ms:.1f} ms at level {decision.level} (event loop "
-                    f"{lag_ms:.1f} ms late, margin {margin_ms:.1f} ms); retry later"
-                )
-            finish_by = policy.finish_by(
-                rec.start, budget.latency_ms, model.overhead.value, lag_ms, margin_ms
-            )
+        if latency is not None:
+            if not policy.admit(decision, latency, margin_ms):
+                where = f"{decision.predicted_ms:.1f} ms at level {decision.level}"
+                raise _shed(latency, where, lag_ms, margin_ms)
+            finish_by = policy.finish_by(rec.start, latency, model.overhead.value, lag_ms, margin_ms)
         admitted = time.monotonic()
         level = model.level(decision.level)
         rec.level, rec.served = level.name, level

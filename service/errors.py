@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
+from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -150,10 +151,26 @@ def outcome_of(exc: BaseException | None) -> str:
     return exc.outcome if isinstance(exc, ServiceError) else "error"
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """`{"error": message, "request_id": id}`: clients parse `error`; the id matches the log lines."""
-    body = {"error": message, "request_id": logs.current.get()}
-    return JSONResponse(body, status_code=status, headers=headers)
+JSON = "application/json"
+
+
+def error_body(message: str) -> bytes:
+    """`{"error": message, "request_id": id}`, encoded: clients parse `error`; the id matches the log
+    lines. The body of every error answer, whether a Response carries it or service.guard writes it."""
+    return to_json({"error": message, "request_id": logs.current.get()})
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status_code=status, headers=headers, media_type=JSON)
+
+
+def note(method: str, path: str, exc: ServiceError) -> None:
+    """The log line of a ServiceError answered. Faults are warnings; refusals and load shedding
+    (4xx, 503, 504) are counted in metrics and logged at DEBUG only: one line each would flood,
+    and under overload even building a line no handler writes costs the event loop."""
+    level = logging.WARNING if exc.status == 500 else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(level, "%s %s -> %d: %s", method, path, exc.status, exc.message)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -164,13 +181,12 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-async def handle(request: Request, exc: Exception) -> JSONResponse:
+async def handle(request: Request, exc: Exception) -> Response:
     """The response for any exception a route raised: the one mapping of errors to HTTP, used by
-    FastAPI's handlers and by the guard's direct dispatch of inference routes (service.guard)."""
+    FastAPI's handlers and by the guard's direct dispatch of inference routes (service.guard, which
+    answers a ServiceError itself, with the same status, body and headers, and `note`s it)."""
     if isinstance(exc, ServiceError):
-        # faults are warnings; load shedding (503/504) is counted in metrics, one line each would flood
-        level = logging.WARNING if exc.status == 500 else logging.DEBUG
-        log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        note(request.method, request.scope["path"], exc)
         return error_response(exc.status, exc.message, exc.headers)
     if isinstance(exc, RequestValidationError):
         return error_response(400, _validation_message(exc))

@@ -23,6 +23,11 @@
   http.response.start and one body: on small models that machinery costs more CPU than the model
   itself (profiled; bench/REPORT.md has the figures). FastAPI still documents the routes; errors take
   the same mapping (service.errors.handle).
+- Refusals are written the same way: a ServiceError a direct handler raises (a shed above all) and
+  the guard's own 401/408/413/415/429 go out as service.errors' status, body and headers in one start
+  and one body, with no Request or Response object built (`_Exchange.refuse`): under overload most
+  requests are refused, and what a refusal costs the event loop decides how much of it is left
+  for the requests that are answered.
 - The guard is the outermost layer of the app (service.app), ahead of FastAPI's own middlewares.
 """
 
@@ -43,7 +48,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import docs, errors, logs
 from service.content_encoding import Decoder
 from service.engine import Engine
-from service.errors import error_response
 from service.protocol import BODY_COMPLETE, READ_BEGAN
 from service.settings import Settings
 
@@ -60,6 +64,9 @@ Direct = Callable[[Engine, str, str | None, Headers, bytes], Awaitable[tuple[byt
 # The request headers the guard reads, found in one pass over the raw list (ASGI names are lowercase)
 _RID, _LENGTH, _AUTH, _ENCODING = (b"x-request-id", b"content-length", b"authorization", b"content-encoding")
 _READ = frozenset((_RID, _LENGTH, _AUTH, _ENCODING))
+
+
+_JSON = {"Content-Type": errors.JSON}
 
 
 def _wanted(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
@@ -104,7 +111,6 @@ class Guard:
         context = logs.current.set(rid)
         start = time.monotonic()
         exchange = _Exchange(send, rid.encode(), self.engine)
-        send_with_id = exchange.send_with_id
         try:
             await self._guarded(scope, receive, exchange, headers, wanted)
         except ClientDisconnect:  # a route reading a body the client abandoned: nobody to answer
@@ -112,7 +118,7 @@ class Guard:
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not exchange.status:
-                await error_response(500, "internal error")(scope, receive, send_with_id)
+                await exchange.refuse(500, "internal error")
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 ms = (time.monotonic() - start) * 1e3
@@ -125,15 +131,14 @@ class Guard:
         path: str = scope["path"]
         send = exchange.send_with_id
         if not self._authorized(path, wanted.get(_AUTH, "")):
-            bearer = {"WWW-Authenticate": "Bearer"}
-            await error_response(401, "missing or wrong bearer token", bearer)(scope, receive, send)
+            await exchange.refuse(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
             return
         inference = INFERENCE.fullmatch(path)
         model = (inference["native"] or inference["v2"]) if inference else None
         length = wanted.get(_LENGTH, "")
         if length.isdigit() and int(length) > self.settings.max_body_bytes:
             self._count(model, "bad_request")
-            await error_response(413, self._too_large())(scope, receive, send)
+            await exchange.refuse(413, self._too_large())
             return
         if inference is None:
             await self.app(scope, self._limited(wanted.get(_ENCODING), receive), send)
@@ -147,17 +152,17 @@ class Guard:
         except TimeoutError:
             self._count(model, "cancelled")
             message = f"request body not complete within {self.settings.read_timeout_s:g} s"
-            await error_response(408, message, {"Connection": "close"})(scope, receive, send)
+            await exchange.refuse(408, message, {"Connection": "close"})
             return
         except HTTPException as exc:  # 413, or a Content-Encoding refused (415) or corrupt (400)
             self._count(model, "bad_request")
-            await error_response(exc.status_code, exc.detail)(scope, receive, send)
+            await exchange.refuse(exc.status_code, exc.detail)
             return
         if self.engine.in_flight >= self.settings.max_inflight_requests:
             self._count(model, "rejected")
             limit = self.settings.max_inflight_requests
             message = f"too many requests in flight (limit {limit}); retry later"
-            await error_response(429, message, {"Retry-After": "1"})(scope, receive, send)
+            await exchange.refuse(429, message, {"Retry-After": "1"})
             return
         self.engine.in_flight += 1
         try:
@@ -185,6 +190,10 @@ class Guard:
         name: str = match["native"] or match["v2"]
         try:
             answer, answer_headers = await route(self.engine, name, match["version"], headers, body)
+        except errors.ServiceError as exc:  # a refusal (shed above all): no Request, no Response built
+            errors.note(scope["method"], scope["path"], exc)
+            await exchange.refuse(exc.status, exc.message, exc.headers)
+            return
         except Exception as exc:
             response = await errors.handle(Request(scope, receive), exc)
             await response(scope, receive, exchange.send_with_id)
@@ -276,13 +285,18 @@ class _Exchange:
             message = {**message, "headers": [*message.get("headers", []), *self._extra()]}
         await self.send(message)
 
-    async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
-        """A 200 with `body`: one start message, one body message."""
+    async def answer(self, body: bytes, headers: Mapping[str, str], status: int = 200) -> None:
+        """`body` with `status` (200: an answer): one start message, one body message."""
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))
-        self.status = 200
-        await self.send({"type": "http.response.start", "status": 200, "headers": raw + self._extra()})
+        self.status = status
+        await self.send({"type": "http.response.start", "status": status, "headers": raw + self._extra()})
         await self.send({"type": "http.response.body", "body": body})
+
+    async def refuse(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        """An error answer (service.errors' body, content type and `headers`) written as `answer`
+        writes: under overload most requests end here (shed), so no Response object is built."""
+        await self.answer(errors.error_body(message), {**_JSON, **(headers or {})}, status)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -34,8 +34,11 @@ gets a fast 503 instead of a late answer:
     finish_by  =     arrival + B - (overhead + LAG_HOPS * lag + m)
     m          =     min(margin, MARGIN_SHARE * B)
 
-and a queued request whose batch would end after its finish_by (now + that batch's predicted
-compute > finish_by) is shed when the batch forms, not run.
+A request for which overhead + LAG_HOPS * lag + m > B (`hopeless`: no level fits, whatever its
+queue) is shed before any level is compared. A batch holds only requests it is predicted to finish
+by their finish_by (now + its predicted compute <= each one's; service.batch_queue cuts it short
+rather than let later rows make an earlier request late), and a queued request that not even the
+next batch could finish in time is shed when it reaches the head of its queue, not run.
 
 The margin (`Margin`) is learnt from outcomes, not predicted: each answer of an admitted request is a
 hit (server_ms <= B) or a miss, and
@@ -253,6 +256,14 @@ class Margin:
     def for_budget(self, budget_ms: float) -> float:
         """The margin a request with this budget is held to: at most MARGIN_SHARE of the budget."""
         return min(self.value_ms, MARGIN_SHARE * budget_ms)
+
+
+def hopeless(budget_ms: float, overhead_ms: float, lag_ms: float, margin_ms: float = 0.0) -> bool:
+    """Whether no level can meet a latency budget, whatever its queue: the part of every level's
+    prediction that is not compute (overhead + LAG_HOPS * lag) leaves no room with the margin kept
+    back. Then `admit` refuses every level's decision, so the request is shed without comparing
+    levels: what an event loop that is itself the bottleneck sheds most, at the least cost."""
+    return overhead_ms + LAG_HOPS * lag_ms + margin_ms > budget_ms
 
 
 def admit(decision: Decision, budget_ms: float, margin_ms: float = 0.0) -> bool:

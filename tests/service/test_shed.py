@@ -11,10 +11,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import SLOW, asgi_client, child_server, make_settings, metric, sample_inputs
+from service_helpers import SLOW, asgi_client, child_server, make_settings, metric, sample_inputs, v2_tensor
 
 from export.manifest import Manifest
+from service import errors
 from service.app import create_app
 from service.batcher import BatchResult
 from service.budget import Budget
@@ -66,6 +68,61 @@ def test_a_late_event_loop_sheds_budgets_it_eats(bundle_path: Path, manifest: Ma
         assert (
             metric(client, "circuitserve_requests_total", model=manifest.name, level="none", outcome="shed")
             == 1
+        )
+
+
+def test_a_budget_the_loop_leaves_no_room_in_is_shed_before_levels_are_compared(
+    bundle_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(make_settings(bundle_path))
+    with asgi_client(app) as client:
+        engine = app.state.engine
+        engine.lag = Late()
+
+        def compared(*args: object, **kwargs: object) -> None:
+            raise AssertionError("levels compared for a request no level can answer in time")
+
+        monkeypatch.setattr(engine, "choose", compared)
+        body = {"inputs": sample_inputs(manifest, 1).tolist(), "latency_budget_ms": 500}
+        r = client.post(f"/v1/models/{manifest.name}/predict", json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "at any level (event loop 1000.0 ms late" in r.json()["error"]
+        assert (
+            metric(client, "circuitserve_requests_total", model=manifest.name, level="none", outcome="shed")
+            == 1
+        )
+
+
+def test_refusals_are_written_by_the_guard_as_the_error_mapping_would(
+    bundle_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shed (and any ServiceError of an inference route) is answered without the general handler
+    (a Request and a Response built per refusal): the same status, body, headers and metrics."""
+    app = create_app(make_settings(bundle_path))
+    with asgi_client(app) as client:
+        app.state.engine.lag = Late()
+
+        async def general(*args: object) -> None:
+            raise AssertionError("a refusal went through the general error handler")
+
+        monkeypatch.setattr(errors, "handle", general)
+        body = {"inputs": sample_inputs(manifest, 1).tolist(), "latency_budget_ms": 500}
+        path = f"/v1/models/{manifest.name}/predict"
+        shed = client.post(path, json=body, headers={"X-Request-ID": "rid-7"})
+        assert shed.status_code == 503, shed.text
+        assert shed.headers["retry-after"] == "1" and shed.headers["x-request-id"] == "rid-7"
+        assert shed.headers["content-type"] == "application/json"
+        assert int(shed.headers["content-length"]) == len(shed.content)
+        assert shed.json().keys() == {"error", "request_id"} and shed.json()["request_id"] == "rid-7"
+        assert "latency budget of 500 ms" in shed.json()["error"]
+        tensor = v2_tensor(manifest, sample_inputs(manifest, 1))
+        v2 = {"inputs": [tensor], "parameters": {"latency_budget_ms": 500}}
+        assert client.post(f"/v2/models/{manifest.name}/infer", json=v2).status_code == 503
+        unknown = client.post("/v1/models/nope/predict", json=body)
+        assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["error"]
+        assert (
+            metric(client, "circuitserve_requests_total", model=manifest.name, level="none", outcome="shed")
+            == 2
         )
 
 
