@@ -44,7 +44,7 @@ from service import docs, errors, logs
 from service.content_encoding import Decoder
 from service.engine import Engine
 from service.errors import error_response
-from service.protocol import BODY_COMPLETE, READ_BEGAN
+from service.protocol import BODY_COMPLETE, READ_BEGAN, write_response
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -277,11 +277,15 @@ class _Exchange:
         await self.send(message)
 
     async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
-        """A 200 with `body`: one start message, one body message."""
+        """A 200 with `body`: written straight to the connection where service.protocol can
+        (write_response), else as one start message and one body message."""
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))
+        raw += self._extra()
         self.status = 200
-        await self.send({"type": "http.response.start", "status": 200, "headers": raw + self._extra()})
+        if write_response(self.send, 200, raw, body):
+            return
+        await self.send({"type": "http.response.start", "status": 200, "headers": raw})
         await self.send({"type": "http.response.body", "body": body})
 
 
