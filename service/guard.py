@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import docs, errors, logs
 from service.content_encoding import Decoder
 from service.engine import Engine
-from service.protocol import BODY_COMPLETE, READ_BEGAN
+from service.protocol import BODY_COMPLETE, READ_BEGAN, write_response
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -286,11 +286,15 @@ class _Exchange:
         await self.send(message)
 
     async def answer(self, body: bytes, headers: Mapping[str, str], status: int = 200) -> None:
-        """`body` with `status` (200: an answer): one start message, one body message."""
+        """`body` with `status` (200: an answer): written straight to the connection where
+        service.protocol can (write_response), else as one start message and one body message."""
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))
+        raw += self._extra()
         self.status = status
-        await self.send({"type": "http.response.start", "status": status, "headers": raw + self._extra()})
+        if write_response(self.send, status, raw, body):
+            return
+        await self.send({"type": "http.response.start", "status": status, "headers": raw})
         await self.send({"type": "http.response.body", "body": body})
 
     async def refuse(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:

@@ -107,9 +107,26 @@ class ServedModel:
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """The request's rows, or BadRequest saying what is wrong with them."""
         spec = self.manifest.input
-        want = tuple(spec.shape[1:])
         if x.dtype != np.float32:
             raise BadRequest(f"input {spec.name!r} must be FP32 (float32), got {x.dtype}")
+        self._check_shape(x)
+        if not np.abs(x).max() < INPUT_BOUND:  # also false for NaN (the max of an array with one)
+            raise self._out_of_bounds()
+        return np.ascontiguousarray(x)
+
+    def rows_of_numbers(self, raw: np.ndarray) -> np.ndarray:
+        """check_input for JSON numbers as parsed (int64 or float64, service.v2_codec.json_numbers):
+        the same answers, the bound checked once and before the cast to float32 (|v| < INPUT_LIMIT
+        is exactly what rounds below INPUT_BOUND; int64 is always within it), so the cast cannot
+        overflow and needs no np.errstate."""
+        self._check_shape(raw)
+        if raw.dtype.kind == "f" and not np.abs(raw).max() < INPUT_LIMIT:  # NaN too
+            raise self._out_of_bounds()
+        return raw.astype(np.float32)  # C-contiguous
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        spec = self.manifest.input
+        want = tuple(spec.shape[1:])
         if x.ndim != len(spec.shape) or tuple(x.shape[1:]) != want:
             raise BadRequest(
                 f"input {spec.name!r} must have shape [batch, {', '.join(map(str, want))}], "
@@ -117,11 +134,12 @@ class ServedModel:
             )
         if x.shape[0] < 1:
             raise BadRequest(f"input {spec.name!r} has no rows")
-        if not np.abs(x).max() < INPUT_BOUND:  # also false for NaN (the max of an array with one)
-            raise BadRequest(
-                f"input {spec.name!r} contains NaN or infinite values, or values beyond ±{INPUT_LIMIT:.4g}"
-            )
-        return np.ascontiguousarray(x)
+
+    def _out_of_bounds(self) -> BadRequest:
+        return BadRequest(
+            f"input {self.manifest.input.name!r} contains NaN or infinite values, "
+            f"or values beyond ±{INPUT_LIMIT:.4g}"
+        )
 
 
 def _as_fraction(spec: object) -> float | None:

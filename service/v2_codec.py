@@ -49,7 +49,15 @@ class V2Request:
 
 
 def numbers(data: Any, dtype: np.dtype[Any], what: str, maybe_bools: bool = True) -> np.ndarray:
-    """A (nested) JSON list of numbers as an array of `dtype`; BadRequest naming what is not a
+    """A (nested) JSON list of numbers as an array of `dtype` (json_numbers, then cast; beyond the
+    datatype's range: inf, refused later for FP32)."""
+    raw = json_numbers(data, what, maybe_bools)
+    with np.errstate(over="ignore"):
+        return raw.astype(dtype)
+
+
+def json_numbers(data: Any, what: str, maybe_bools: bool = True) -> np.ndarray:
+    """A (nested) JSON list of numbers as parsed: int64 or float64; BadRequest naming what is not a
     number (a string, a boolean, a null, an integer too big for any type) or a ragged list.
     `maybe_bools=False` (the JSON has no `true`/`false` at all) skips the one check numpy cannot
     make in C: booleans among numbers."""
@@ -58,8 +66,7 @@ def numbers(data: Any, dtype: np.dtype[Any], what: str, maybe_bools: bool = True
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest(f"{what} must be equally shaped lists of numbers: {exc}") from None
     if raw.dtype.kind in "fiu" and not (maybe_bools and _has_bool(data)):
-        with np.errstate(over="ignore"):  # beyond the datatype's range: inf, refused later for FP32
-            return raw.astype(dtype)
+        return raw
     raise BadRequest(f"{what} must be lists of numbers; found {_not_a_number(raw)}")
 
 

@@ -17,7 +17,7 @@ from service.errors import BadRequest, error_docs
 from service.models import ServedModel
 from service.routes.deps import engine, engine_of, timing
 from service.schemas import LevelInfo, ModelInfo, PredictRequest, PredictResponse, TensorInfo
-from service.v2_codec import numbers
+from service.v2_codec import json_numbers
 
 router = APIRouter(prefix="/v1", tags=["native"])
 _PREDICT_DOC: dict[str, Any] = {
@@ -53,11 +53,11 @@ def _decode(body: bytes) -> dict[str, Any]:
 
 
 def _rows(model: ServedModel, inputs: list[Any], maybe_bools: bool) -> np.ndarray:
-    x = numbers(inputs, np.dtype(np.float32), "'inputs'", maybe_bools)
+    x = json_numbers(inputs, "'inputs'", maybe_bools)
     shape = model.manifest.input.shape[1:]
     if x.ndim == 2 and x.shape[1] == math.prod(shape) and len(shape) > 1:
         x = x.reshape(len(x), *shape)  # flat rows are accepted too
-    return model.check_input(x)
+    return model.rows_of_numbers(x)
 
 
 def _predictions(model: ServedModel, probs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:

@@ -99,6 +99,14 @@ CASES: dict[str, tuple[str, Any, int, str]] = {
     ),
     "native timeout true": ("native", {"inputs": [ROW], "timeout_ms": True}, 400, "must be a number"),
     "native timeout string": ("native", {"inputs": [ROW], "timeout_ms": "5"}, 400, "must be a number"),
+    # the bound, checked on the parsed float64 before the cast to float32 (models.rows_of_numbers)
+    "native at the input bound": (
+        "native",
+        {"inputs": [[2.0**100 - 2.0**75] + [0.0] * 63]},
+        400,
+        "NaN or infinite",
+    ),
+    "native beyond float32": ("native", {"inputs": [[0.0] * 63 + [-1e300]]}, 400, "NaN or infinite"),
     "native overflowing int": ("native", {"inputs": [[10**400] + [0] * 63]}, 400, "numbers"),
     "native empty batch": ("native", {"inputs": []}, 400, "inputs"),
     "native too many items": ("native", {"inputs": [ROW] * (QUEUE + 1)}, 400, "exceed the queue limit"),

@@ -6,8 +6,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+from service_helpers import live_server, make_settings, sample_inputs
+
+from export.manifest import Manifest
+from service import guard, protocol
 from service.engine import Engine
 from service.guard import Guard
 from service.protocol import BODY_COMPLETE
@@ -70,3 +77,27 @@ def test_a_complete_encoded_body_is_still_decoded_and_held_to_the_decoded_limit(
     bomb = gzip.compress(b"0" * (LIMIT * 4))
     assert len(bomb) < LIMIT and call(bomb, [(b"content-encoding", b"gzip")])[0] == 413
     assert call(b"{}", [(b"content-encoding", b"br")])[0] == 415
+
+
+def test_a_served_inference_answer_is_written_whole_with_its_headers(
+    bundle_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the real server the direct route's 200 goes out through protocol.write_response, with
+    the same headers as by uvicorn's send, and the kept-alive connection serves the next request."""
+    took: list[bool] = []
+
+    def counting(*args: Any) -> bool:
+        took.append(protocol.write_response(*args))
+        return took[-1]
+
+    monkeypatch.setattr(guard, "write_response", counting)
+    body = {"inputs": sample_inputs(manifest, 1).tolist()}
+    with live_server(make_settings(bundle_path)) as where, httpx.Client(base_url=f"http://{where}") as client:
+        path = f"/v1/models/{manifest.name}/predict"
+        answers = [client.post(path, json=body, headers={"X-Request-ID": f"id-{i}"}) for i in range(2)]
+    assert took == [True, True]
+    for i, r in enumerate(answers):
+        assert r.status_code == 200 and r.headers["x-request-id"] == f"id-{i}"
+        assert r.headers["content-type"] == "application/json"
+        assert int(r.headers["content-length"]) == len(r.content) and r.json()["request_id"] == f"id-{i}"
+        assert "connection" not in r.headers

@@ -9,7 +9,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from service.protocol import BODY_COMPLETE, guarded_protocol
+from service.protocol import BODY_COMPLETE, guarded_protocol, write_response
 from service.settings import Settings
 
 REQUEST = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
@@ -52,7 +52,7 @@ def serve_one(
             scopes.append(scope)
             await app(scope, receive, send)
 
-        config = uvicorn.Config(recording, lifespan="off", log_level="warning")
+        config = uvicorn.Config(recording, lifespan="off", log_level="warning", access_log=False)  # as served
         protocol = guarded_protocol(Settings())(config, ServerState(), {}, asyncio.get_running_loop())
         protocol.connection_made(connection)
         protocol.data_received(request)
@@ -111,6 +111,77 @@ def test_a_body_in_with_the_head_is_marked_complete_for_the_guard() -> None:
     assert scopes[0]["extensions"][BODY_COMPLETE] is True
     _, partial = serve_one(plain, REQUEST[:-1])  # one byte of the body still to come
     assert BODY_COMPLETE not in partial[0].get("extensions", {})
+
+
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"2"), (b"x-request-id", b"r1")]
+
+
+def by_messages(headers: list[tuple[bytes, bytes]]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def written(headers: list[tuple[bytes, bytes]], took: list[bool]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        took.append(write_response(send, 200, headers, b"ok"))
+        if not took[-1]:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def test_a_response_written_whole_is_the_bytes_uvicorns_send_writes_and_keeps_the_connection() -> None:
+    two = REQUEST + REQUEST  # the second request on the kept-alive connection is served as well
+    took: list[bool] = []
+    direct, _ = serve_one(written(HEADERS, took), two)
+    sent, _ = serve_one(by_messages(HEADERS), two)
+    assert took == [True, True]
+    assert direct.writes == sent.writes and len(direct.writes) == 2  # kept alive: both answered
+    assert direct.writes[0].endswith(b"x-request-id: r1\r\n\r\nok")
+
+
+def test_a_response_written_whole_closes_as_uvicorn_would() -> None:
+    closing = REQUEST.replace(b"Host: t\r\n", b"Host: t\r\nConnection: close\r\n")
+    for request, headers in ((closing, HEADERS), (REQUEST, [*HEADERS, (b"connection", b"close")])):
+        took: list[bool] = []
+        direct, _ = serve_one(written(headers, took), request + REQUEST)
+        sent, _ = serve_one(by_messages(headers), request + REQUEST)
+        assert took == [True] and direct.writes == sent.writes and len(direct.writes) == 1
+        assert b"connection: close\r\n" in direct.writes[0] and direct.closed
+
+
+def test_a_response_is_not_written_whole_past_uvicorns_checks() -> None:
+    took: list[bool] = []
+    head = REQUEST.replace(b"POST", b"HEAD")
+    direct, _ = serve_one(written(HEADERS, took), head)
+    sent, _ = serve_one(by_messages(HEADERS), head)
+    assert took == [False] and direct.writes == sent.writes  # HEAD: no body, uvicorn's way
+
+    async def started(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        took.append(write_response(send, 200, HEADERS, b"ok"))
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    serve_one(started)
+    assert took[-1] is False
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+
+        async def other(message: Any) -> None:
+            await send(message)
+
+        took.append(write_response(other, 200, HEADERS, b"ok"))
+
+    serve_one(wrapped)
+    assert took[-1] is False
 
 
 class Counting:
