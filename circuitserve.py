@@ -64,6 +64,9 @@ def train(
     sparsity_aware: Annotated[bool, typer.Option(help="train every level, not only the full model")] = True,
     levels: Annotated[str, typer.Option(help="keep fractions drawn during training")] = lv.DEFAULT_TEXT,
     family: Annotated[str, typer.Option(help="model family (model/families.py)")] = "nac",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: the cores the load leaves idle)")
+    ] = None,
 ) -> None:
     """Train a NAC and print test accuracy per level, in out-degree and in random order."""
     _need_train_extra()
@@ -84,8 +87,8 @@ def train(
     with user_errors(ValueError):  # an unknown family
         families.get(family)
     with user_errors(DatasetError):
-        _, meta = run_training(cfg, out)
-    typer.echo(f"checkpoint written to {out} ({meta['train_seconds']} s)")
+        _, meta = run_training(cfg, out, threads=threads)
+    typer.echo(f"checkpoint written to {out} ({meta['train_seconds']} s on {meta['train_threads']} threads)")
     typer.echo(format_results(meta["test_accuracy"]))
 
 
