@@ -189,12 +189,21 @@ def bench(
         str | None,
         typer.Option(help="comma-separated sections to rerun, merged into the report in OUT (e.g. peers)"),
     ] = None,
+    families: Annotated[
+        str | None,
+        typer.Option(help="with --only families: comma-separated families to rerun, the others kept"),
+    ] = None,
 ) -> None:
     """Measure levels, serving overhead, peers and overload; write bench/report.json and REPORT.md."""
     from bench.run import UsageError, run_all
 
     with user_errors(UsageError):  # an unknown section, or --only with no report to merge into
-        run_all(out=out, quick=quick, only=None if only is None else [s for s in only.split(",") if s])
+        run_all(
+            out=out,
+            quick=quick,
+            only=None if only is None else [s for s in only.split(",") if s],
+            families=None if families is None else [f for f in families.split(",") if f],
+        )
 
 
 if __name__ == "__main__":

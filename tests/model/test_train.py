@@ -9,6 +9,7 @@ from model.nac import NAC_FAMILY
 from model.train import (
     RECIPES,
     TrainConfig,
+    default_threads,
     distill_loss,
     draw_levels,
     load_checkpoint,
@@ -24,13 +25,13 @@ TINY = TrainConfig(dataset="digits", epochs=4, preset="tiny", batch_size=64, lr=
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    model, meta = train(TINY, out)
+    model, meta = train(TINY, out, threads=1)
     return model, meta, out
 
 
 def test_same_seed_same_weights(tiny_run):
     model, _, _ = tiny_run
-    again, _ = train(TINY)
+    again, _ = train(TINY, threads=1)  # the same thread count: the load may pick another by default
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
@@ -63,6 +64,22 @@ def test_checkpoint_is_tensors_only(tiny_run, tmp_path):
     torch.save({"evil": object()}, tmp_path / "model.pt")
     with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|global"):
         load_checkpoint(tmp_path)
+
+
+def test_default_threads_are_the_idle_cores():
+    assert default_threads(2, 0.0) == 2  # an idle machine: torch's default, every core
+    assert default_threads(2, 0.4) == 2
+    assert default_threads(2, 1.0) == 1  # one other busy process: one thread, not two that wait on it
+    assert default_threads(2, 9.0) == 1  # never none
+    assert default_threads(16, 3.2) == 13
+    assert default_threads(4, -1.0) == 4  # never more than the cores
+
+
+def test_train_runs_on_the_threads_asked_and_puts_torchs_back(tiny_run):
+    before = torch.get_num_threads()
+    _, meta = train(TrainConfig(dataset="digits", epochs=1, preset="tiny"), threads=before + 1)
+    assert meta["train_threads"] == before + 1 and torch.get_num_threads() == before
+    assert tiny_run[1]["train_threads"] == 1
 
 
 def test_missing_checkpoint_is_clear(tmp_path):
