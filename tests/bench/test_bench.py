@@ -515,6 +515,35 @@ def test_families_option_names_known_families_and_needs_the_families_section(tmp
             run_all(out=tmp_path, quick=True, only=only, families=["interpreter"])
 
 
+def test_training_target_says_the_threads_torch_trained_on() -> None:
+    from bench import report
+
+    def level(units: int, acc: float, flops: float, speedup: float) -> dict[str, Any]:
+        a = {"mean": acc}
+        return {"units": units, "accuracy": a, "accuracy_random_order": a, "flops": flops} | {
+            "flops_fraction": flops,
+            "speedup_b128": speedup,
+            "keep_fraction": flops,
+        }
+
+    entry = {
+        "unit": "functions",
+        "seeds": [0, 1],
+        "levels": {"full": level(8, 0.99, 1.0, 1.0), "1/8": level(1, 0.98, 0.125, 6.0)},
+        "smallest_units_level": "1/8",
+        "train_seconds": [100.0, 200.0],
+        "train_threads": [1, 2],
+    }
+    r = {"families": {"interpreter": {"digits": entry}}}
+
+    def training() -> str:
+        return str(next(t for t in report._family_targets(r) if "training" in t["target"])["measured"])
+
+    assert "150 s wall" in training() and "torch on 1/2 thread(s)" in training()
+    del entry["train_threads"]  # a report from before they were recorded
+    assert "unrecorded" in training()
+
+
 def test_cheap_level_rules_follow_each_family_issue() -> None:
     """Issue 16's rule (a level at <= 1/4 of the FLOPs, within 2 points) for a new family; NFM's own
     (issue 17): its cheapest level, within 3 points."""
