@@ -64,6 +64,9 @@ def train(
     sparsity_aware: Annotated[bool, typer.Option(help="train every level, not only the full model")] = True,
     levels: Annotated[str, typer.Option(help="keep fractions drawn during training")] = lv.DEFAULT_TEXT,
     family: Annotated[str, typer.Option(help="model family (model/families.py)")] = "nac",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: the cores the load leaves idle)")
+    ] = None,
 ) -> None:
     """Train a NAC and print test accuracy per level, in out-degree and in random order."""
     _need_train_extra()
@@ -84,8 +87,8 @@ def train(
     with user_errors(ValueError):  # an unknown family
         families.get(family)
     with user_errors(DatasetError):
-        _, meta = run_training(cfg, out)
-    typer.echo(f"checkpoint written to {out} ({meta['train_seconds']} s)")
+        _, meta = run_training(cfg, out, threads=threads)
+    typer.echo(f"checkpoint written to {out} ({meta['train_seconds']} s on {meta['train_threads']} threads)")
     typer.echo(format_results(meta["test_accuracy"]))
 
 
@@ -186,12 +189,21 @@ def bench(
         str | None,
         typer.Option(help="comma-separated sections to rerun, merged into the report in OUT (e.g. peers)"),
     ] = None,
+    families: Annotated[
+        str | None,
+        typer.Option(help="with --only families: comma-separated families to rerun, the others kept"),
+    ] = None,
 ) -> None:
     """Measure levels, serving overhead, peers and overload; write bench/report.json and REPORT.md."""
     from bench.run import UsageError, run_all
 
     with user_errors(UsageError):  # an unknown section, or --only with no report to merge into
-        run_all(out=out, quick=quick, only=None if only is None else [s for s in only.split(",") if s])
+        run_all(
+            out=out,
+            quick=quick,
+            only=None if only is None else [s for s in only.split(",") if s],
+            families=None if families is None else [f for f in families.split(",") if f],
+        )
 
 
 if __name__ == "__main__":

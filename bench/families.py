@@ -64,6 +64,7 @@ def run_family(plan: Plan, spec: BundleSpec, cache: Path) -> dict[str, Any]:
         "seeds": list(plan.family_seeds),
         "epochs": metas[0]["train_config"]["epochs"],
         "train_seconds": [m["train_seconds"] for m in metas],
+        "train_threads": [m.get("train_threads") for m in metas],  # None: trained before it was recorded
         "onnxruntime_threads": manifest.profile.intra_op_threads,
         "levels": table,
         "smallest_units_level": smallest,

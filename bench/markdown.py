@@ -539,7 +539,8 @@ def _partial_runs(m: dict[str, Any]) -> list[str]:
     """`circuitserve bench --only ...` reruns merged into this report, newest last."""
     return [
         f"Sections {', '.join(run['sections'])} were rerun by `--only` on {run['date']} "
-        f"(code {run['code_version']})."
+        + (f"(families {', '.join(run['families'])} only) " if "families" in run else "")
+        + f"(code {run['code_version']})."
         for run in m.get("runs", [])
     ]
 

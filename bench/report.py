@@ -352,11 +352,15 @@ def _family_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
             wall = statistics.fmean(f["train_seconds"])
+            threads = sorted({t for t in f.get("train_threads", []) if t})  # model.train records them
+            torch_on = "torch threads unrecorded"
+            if threads:
+                torch_on = f"torch on {'/'.join(map(str, threads))} thread(s)"
             out.append(
                 _target(
                     f"{name}: default training",
                     f"<= {FAMILY_TRAIN_SECONDS / 60:.0f} minutes on this machine",
-                    f"{wall:.0f} s wall (mean over {seeds}; single-threaded torch, machine shared)",
+                    f"{wall:.0f} s wall (mean over {seeds}; {torch_on}, machine shared)",
                     wall <= FAMILY_TRAIN_SECONDS,
                     "" if wall <= FAMILY_TRAIN_SECONDS else "slower than the goal (see the machine's load)",
                 )

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +40,7 @@ from bench.plan import FULL, QUICK, Plan
 from bench.workers import run_workers
 from export.manifest import Manifest
 from model.data import load_dataset
+from model.families import FAMILIES
 
 BENCH_DIR = Path(__file__).resolve().parent
 CACHE_ENV = "CIRCUITSERVE_BENCH_CACHE"
@@ -152,35 +153,55 @@ def measure(plan: Plan, cache: Path, only: Iterable[str] | None = None) -> dict[
     return {"meta": report.meta(plan, started, load_before, seconds), **results}
 
 
-def merge(previous: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+def merge(
+    previous: dict[str, Any], fresh: dict[str, Any], families: Iterable[str] | None = None
+) -> dict[str, Any]:
     """A partial run (--only) replaces its sections' keys in the previous report and keeps the rest.
-    meta records which sections each run measured, so the report says which figures are newer."""
+    A run of some families only (`families`) replaces those families' entries in the families
+    section and keeps the others'. meta records which sections (and families) each run measured, so
+    the report says which figures are newer."""
     meta = {**previous.get("meta", {}), **fresh["meta"]}
     before = previous.get("meta", {})
     meta["section_seconds"] = {**before.get("section_seconds", {}), **fresh["meta"]["section_seconds"]}
     runs = list(before.get("runs", []))
     fresh_meta = fresh["meta"]
     sections = list(fresh_meta["section_seconds"])
-    runs.append(
-        {"date": fresh_meta["date"], "code_version": fresh_meta["code_version"], "sections": sections}
-    )
+    run = {"date": fresh_meta["date"], "code_version": fresh_meta["code_version"], "sections": sections}
+    if families is not None:
+        run["families"] = list(families)
+        fresh = {**fresh, "families": {**previous.get("families", {}), **fresh["families"]}}
+    runs.append(run)
     meta["runs"] = runs
     derived = {"noise", "targets"}  # recomputed by report.write from the merged figures
     kept = {k: v for k, v in previous.items() if k not in derived and k != "meta"}
     return {**kept, **{k: v for k, v in fresh.items() if k != "meta"}, "meta": meta}
 
 
-def run_all(out: Path = BENCH_DIR, quick: bool = False, only: Iterable[str] | None = None) -> dict[str, Any]:
+def run_all(
+    out: Path = BENCH_DIR,
+    quick: bool = False,
+    only: Iterable[str] | None = None,
+    families: Iterable[str] | None = None,
+) -> dict[str, Any]:
     """Measure every section (or those in `only`, merged into the report already in `out`) and write
-    report.json, REPORT.md and the plots into `out`."""
+    report.json, REPORT.md and the plots into `out`. `families`: the families section measures only
+    these (model.families names) and keeps the report's figures of the others."""
     plan = QUICK if quick else FULL
+    if families is not None:
+        families = tuple(families)
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise UsageError(f"unknown model famil(ies) {unknown}; the families are {list(FAMILIES)}")
+        if only is None or "families" not in only:
+            raise UsageError("--families reruns part of the families section: use it with --only families")
+        plan = replace(plan, families=families)
     out = output_dir(out, quick)
     previous = out / report.JSON_FILE
     if only is not None and not previous.exists():
         raise UsageError(f"--only merges into an existing {previous}; run the whole bench there once first")
     results = measure(plan, cache_dir(), only)
     if only is not None:
-        results = merge(json.loads(previous.read_text()), results)
+        results = merge(json.loads(previous.read_text()), results, families)
     final = report.write(results, out)
     _log(f"report written to {out / report.JSON_FILE} and {out / report.MARKDOWN_FILE}")
     return final

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -82,6 +83,22 @@ RECIPES = {
     "nfm/digits": Recipe(epochs=30, warp=True),
     "nfm/mnist1d": Recipe(epochs=30, augment=2),
 }
+
+
+def default_threads(cores: int, load: float) -> int:
+    """torch's intra-op threads for a training that names none: the cores the 1-minute load average
+    leaves idle, at least one and at most every core,
+        threads = min(cores, max(1, round(cores - load)))
+    torch's own default is every core, which a shared host punishes: a thread waits at every op for
+    the slowest, and a busy core makes it the slowest (on this 2-core machine an epoch of the NAC went
+    from 1.2 s to ~50 s with one other busy process, and a step of the NI on MNIST-1D took 6x as long
+    on 2 threads as on 1 under the other helpers' load)."""
+    return min(cores, max(1, round(cores - load)))
+
+
+def idle_threads() -> int:
+    """default_threads on this host: its usable cores and its load now."""
+    return default_threads(len(os.sched_getaffinity(0)), os.getloadavg()[0])
 
 
 def set_seed(seed: int) -> None:
@@ -199,14 +216,32 @@ def step_loss(
     return loss, first
 
 
-def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tuple[nn.Module, dict[str, Any]]:
-    """Train, evaluate every level in ranked and random order, write the checkpoint to `out`."""
+def train(
+    cfg: TrainConfig, out: Path | None = None, log_every: int | None = None, threads: int | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train, evaluate every level in ranked and random order, write the checkpoint to `out`.
+    The validation accuracy is measured and shown every `log_every` epochs (None: about ten times
+    in all). `threads`: torch's intra-op threads while training (None: idle_threads()); the same
+    seed on the same thread count gives the same weights. Not a TrainConfig field: it changes how
+    fast, not what is trained (and the bench's cache keys hash the config)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or idle_threads())
+    try:
+        return _train(cfg, out, log_every)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: TrainConfig, out: Path | None, log_every: int | None) -> tuple[nn.Module, dict[str, Any]]:
     set_seed(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.seed)
     family = families.get(cfg.family)
     model = build_model(cfg, data)
     cfg = resolve(cfg, data)
     epochs = cfg.epochs or 1
+    # an evaluation of the validation split costs ~13% of an epoch of the NI on MNIST-1D (every
+    # function, every iteration, at the average's weights): every epoch it is a tenth of training
+    log_every = log_every or max(1, epochs // 10)
     mean_np, std_np = data.normalization()
     mean, std = torch.from_numpy(mean_np), torch.from_numpy(std_np)
     x_all, y_all = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
@@ -275,6 +310,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log_every: int = 1) -> tupl
         "ranking": {"outdegree": outdegree.tolist(), "random": random_order.tolist()},
         "test_accuracy": results,
         "train_seconds": round(time.monotonic() - start, 1),
+        "train_threads": torch.get_num_threads(),
         "train_loss": losses,
         "torch": torch.__version__,
     }

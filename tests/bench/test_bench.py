@@ -485,6 +485,66 @@ def test_only_reruns_one_section_and_keeps_the_others(quick_report: tuple[dict[s
     assert json.loads((out / "report.json").read_text())["meta"]["runs"] == after["meta"]["runs"]
 
 
+def test_a_families_rerun_replaces_only_its_families() -> None:
+    from bench.run import merge
+
+    nac, ni, nfm = {"levels": {"full": 0.99}}, {"levels": {"full": 0.97}}, {"levels": {"full": 0.95}}
+    previous = {"families": {"nac": nac, "interpreter": ni, "nfm": nfm}, "accuracy": {"digits": 1}}
+    fresh_ni = {"levels": {"full": 0.98}}
+    fresh = {
+        "meta": {"date": "d", "code_version": "c", "section_seconds": {"families": 9.0}},
+        "families": {"interpreter": fresh_ni},
+    }
+    merged = merge(previous, fresh, families=["interpreter"])
+    assert merged["families"] == {"nac": nac, "interpreter": fresh_ni, "nfm": nfm}
+    assert merged["accuracy"] == previous["accuracy"]
+    assert merged["meta"]["runs"] == [
+        {"date": "d", "code_version": "c", "sections": ["families"], "families": ["interpreter"]}
+    ]
+    # every family rerun (no `families`): the section is the run's, as any other section
+    assert merge(previous, fresh)["families"] == {"interpreter": fresh_ni}
+
+
+def test_families_option_names_known_families_and_needs_the_families_section(tmp_path: Path) -> None:
+    from bench.run import UsageError, run_all
+
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(UsageError, match="unknown model famil"):
+        run_all(out=tmp_path, quick=True, only=["families"], families=["no-such-family"])
+    for only in (None, ["latency_floor"]):
+        with pytest.raises(UsageError, match="with --only families"):
+            run_all(out=tmp_path, quick=True, only=only, families=["interpreter"])
+
+
+def test_training_target_says_the_threads_torch_trained_on() -> None:
+    from bench import report
+
+    def level(units: int, acc: float, flops: float, speedup: float) -> dict[str, Any]:
+        a = {"mean": acc}
+        return {"units": units, "accuracy": a, "accuracy_random_order": a, "flops": flops} | {
+            "flops_fraction": flops,
+            "speedup_b128": speedup,
+            "keep_fraction": flops,
+        }
+
+    entry = {
+        "unit": "functions",
+        "seeds": [0, 1],
+        "levels": {"full": level(8, 0.99, 1.0, 1.0), "1/8": level(1, 0.98, 0.125, 6.0)},
+        "smallest_units_level": "1/8",
+        "train_seconds": [100.0, 200.0],
+        "train_threads": [1, 2],
+    }
+    r = {"families": {"interpreter": {"digits": entry}}}
+
+    def training() -> str:
+        return str(next(t for t in report._family_targets(r) if "training" in t["target"])["measured"])
+
+    assert "150 s wall" in training() and "torch on 1/2 thread(s)" in training()
+    del entry["train_threads"]  # a report from before they were recorded
+    assert "unrecorded" in training()
+
+
 def test_cheap_level_rules_follow_each_family_issue() -> None:
     """Issue 16's rule (a level at <= 1/4 of the FLOPs, within 2 points) for a new family; NFM's own
     (issue 17): its cheapest level, within 3 points."""

@@ -11,6 +11,7 @@ from model.train import (
     RECIPES,
     TrainConfig,
     control_order,
+    default_threads,
     distill_loss,
     draw_levels,
     load_checkpoint,
@@ -26,13 +27,13 @@ TINY = TrainConfig(dataset="digits", epochs=4, preset="tiny", batch_size=64, lr=
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    model, meta = train(TINY, out)
+    model, meta = train(TINY, out, threads=1)
     return model, meta, out
 
 
 def test_same_seed_same_weights(tiny_run):
     model, _, _ = tiny_run
-    again, _ = train(TINY)
+    again, _ = train(TINY, threads=1)  # the same thread count: the load may pick another by default
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
@@ -65,6 +66,22 @@ def test_checkpoint_is_tensors_only(tiny_run, tmp_path):
     torch.save({"evil": object()}, tmp_path / "model.pt")
     with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|global"):
         load_checkpoint(tmp_path)
+
+
+def test_default_threads_are_the_idle_cores():
+    assert default_threads(2, 0.0) == 2  # an idle machine: torch's default, every core
+    assert default_threads(2, 0.4) == 2
+    assert default_threads(2, 1.0) == 1  # one other busy process: one thread, not two that wait on it
+    assert default_threads(2, 9.0) == 1  # never none
+    assert default_threads(16, 3.2) == 13
+    assert default_threads(4, -1.0) == 4  # never more than the cores
+
+
+def test_train_runs_on_the_threads_asked_and_puts_torchs_back(tiny_run):
+    before = torch.get_num_threads()
+    _, meta = train(TrainConfig(dataset="digits", epochs=1, preset="tiny"), threads=before + 1)
+    assert meta["train_threads"] == before + 1 and torch.get_num_threads() == before
+    assert tiny_run[1]["train_threads"] == 1
 
 
 def test_missing_checkpoint_is_clear(tmp_path):
@@ -169,7 +186,7 @@ def test_an_nfm_control_at_its_fewest_stages_is_its_ranked_level():
     """Pass 1 alone is the NFM's cheapest level in either order: a random control that dropped pass 1
     for a read would be another, costlier model, and ranked-vs-random there would compare the two."""
     cfg = TrainConfig(dataset="digits", family="nfm", epochs=1, preset="tiny", batch_size=64, ema=0)
-    _, meta = train(cfg)
+    _, meta = train(cfg, threads=1)
     assert meta["ranking"]["random"][0] == meta["ranking"]["outdegree"][0] == 0
     cheapest = min(meta["test_accuracy"]["outdegree"], key=levels.parse)
     assert meta["test_accuracy"]["random"][cheapest] == meta["test_accuracy"]["outdegree"][cheapest]
