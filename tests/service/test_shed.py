@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -53,40 +54,29 @@ class Late(LoopLag):
 
 
 def test_a_late_event_loop_sheds_budgets_it_eats(bundle_path: Path, manifest: Manifest) -> None:
-    app = create_app(make_settings(bundle_path))
-    with asgi_client(app) as client:
-        app.state.engine.lag = Late()
-        path = f"/v1/models/{manifest.name}/predict"
-        inputs = sample_inputs(manifest, 1).tolist()
-        r = client.post(path, json={"inputs": inputs, "latency_budget_ms": 500})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-        assert "event loop 1000.0 ms late" in r.json()["error"]
-        roomy = client.post(path, json={"inputs": inputs, "latency_budget_ms": 5000})
-        assert roomy.status_code == 200 and roomy.json()["budget_met"] is (roomy.json()["server_ms"] <= 5000)
-        # no budget, nothing to shed for: answered however late the loop is
-        assert client.post(path, json={"inputs": inputs}).status_code == 200
-        assert (
-            metric(client, "circuitserve_requests_total", model=manifest.name, level="none", outcome="shed")
-            == 1
-        )
-
-
-def test_a_budget_the_loop_leaves_no_room_in_is_shed_before_levels_are_compared(
-    bundle_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    """A budget the loop's lag leaves no room in is shed before any level is compared."""
     app = create_app(make_settings(bundle_path))
     with asgi_client(app) as client:
         engine = app.state.engine
         engine.lag = Late()
+        choose, compared = engine.choose, []
 
-        def compared(*args: object, **kwargs: object) -> None:
-            raise AssertionError("levels compared for a request no level can answer in time")
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            compared.append(args)
+            return choose(*args, **kwargs)
 
-        monkeypatch.setattr(engine, "choose", compared)
-        body = {"inputs": sample_inputs(manifest, 1).tolist(), "latency_budget_ms": 500}
-        r = client.post(f"/v1/models/{manifest.name}/predict", json=body)
+        engine.choose = counted
+        path = f"/v1/models/{manifest.name}/predict"
+        inputs = sample_inputs(manifest, 1).tolist()
+        r = client.post(path, json={"inputs": inputs, "latency_budget_ms": 500})
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
         assert "at any level (event loop 1000.0 ms late" in r.json()["error"]
+        assert compared == []
+        roomy = client.post(path, json={"inputs": inputs, "latency_budget_ms": 5000})
+        assert roomy.status_code == 200 and roomy.json()["budget_met"] is (roomy.json()["server_ms"] <= 5000)
+        assert len(compared) == 1
+        # no budget, nothing to shed for: answered however late the loop is
+        assert client.post(path, json={"inputs": inputs}).status_code == 200
         assert (
             metric(client, "circuitserve_requests_total", model=manifest.name, level="none", outcome="shed")
             == 1
