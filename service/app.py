@@ -76,12 +76,14 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
             engine.failure = str(exc)
             raise
         engine.lag.start()
+        engine.spin.start()
         loading = asyncio.create_task(_load(engine, bundles, factory, app.state.on_fatal, app.state.on_ready))
         try:
             yield
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
+            engine.spin.stop()
             await engine.close()  # whatever is left of drain_timeout_s
             engine.lag.stop()
 

@@ -19,6 +19,7 @@ from service import policy
 from service.batcher import Batcher, BatchResult
 from service.budget import Budget
 from service.errors import NotFound, Shed, Unavailable, outcome_of
+from service.idle_spin import IdleSpin
 from service.loop_lag import LoopLag
 from service.metrics import NO_LEVEL, UNKNOWN_MODEL, Metrics
 from service.models import ServedLevel, ServedModel
@@ -103,10 +104,12 @@ class Engine:
     in_flight: int = 0  # inference requests between arrival and answer (kept by service.guard)
     lag: LoopLag = field(init=False)  # the event loop's lateness (started by service.app)
     margin: policy.Margin = field(init=False)  # kept back from latency budgets at admission (shedding)
+    spin: IdleSpin = field(init=False)  # the loop's poll after answers that leave it idle (service.app)
 
     def __post_init__(self) -> None:
         self.lag = LoopLag(self.settings.loop_lag_interval_ms / 1000)
         self.margin = policy.Margin(self.settings.shed_miss_target, self.settings.shed_margin_step_ms)
+        self.spin = IdleSpin(self.settings.idle_spin_us / 1e6, lambda: self.in_flight > 0)
 
     def model(self, name: str) -> ServedModel:
         if self.draining:

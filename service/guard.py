@@ -175,6 +175,8 @@ class Guard:
                 await self._dispatch(route, inference, scope, replay, exchange, headers, body)
         finally:
             self.engine.in_flight -= 1
+            if not self.engine.in_flight:
+                self.engine.spin.poke()
 
     async def _dispatch(
         self,
