@@ -21,8 +21,8 @@ from service import runtime
 from service.batcher import Batcher
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.models import ServedLevel, ServedModel, profile_of
-from service.policy import Correction, retry_after_s
+from service.models import ServedLevel, ServedModel, new_overhead, profile_of
+from service.policy import Correction, Estimate, retry_after_s
 from service.runtime import (
     CUDA,
     LevelRunner,
@@ -81,6 +81,7 @@ def open_model(
         cuda_graph=settings.cuda_graphs,
     )
     levels, skipped, watchdog = [], [], Watchdog(INLINE_BOUND_S)
+    overhead = new_overhead()  # the model's, shared with its batchers (Batcher loop_cost_s)
     for level in manifest.sorted_levels():
         if level.precision == "fp16" and config.provider == "cpu":
             skipped.append(level.name)
@@ -113,12 +114,12 @@ def open_model(
                 level.name,
                 runner.provider,
             )
-        levels.append(_served_level(manifest.name, level, runner, settings, metrics))
+        levels.append(_served_level(manifest.name, level, runner, settings, metrics, overhead))
     if skipped:
         log.info("%s: FP16 levels %s not served on CPU (FP32 twins are)", manifest.name, ", ".join(skipped))
     if not levels:
         raise StartupError(f"{manifest.name}: only FP16 levels, which are served on CUDA only")
-    model = ServedModel(manifest, path, levels)
+    model = ServedModel(manifest, path, levels, overhead=overhead)
     if settings.default_level is not None:
         try:
             model.default_level = model.resolve_level(settings.default_level).name
@@ -201,7 +202,7 @@ def _median_ms(session: Session, feed: dict[str, np.ndarray], runs: int) -> floa
 
 
 def _served_level(
-    model: str, level: Level, runner: LevelRunner, settings: Settings, metrics: Metrics
+    model: str, level: Level, runner: LevelRunner, settings: Settings, metrics: Metrics, overhead: Estimate
 ) -> ServedLevel:
     served: ServedLevel
 
@@ -222,6 +223,7 @@ def _served_level(
         inline_max_s=INLINE_MAX_S if runner.inline is not None else 0.0,
         run_inline=runner.inline,
         cost_s=lambda n: served.correction.ratio * served.profile.predict_ms(n) / 1000,
+        loop_cost_s=lambda: overhead.value / 1000,
     )
     served = ServedLevel(level, runner, batcher, profile_of(level, runner.provider))
     metrics.add_level(model, level.name, lambda: batcher.queued_samples)

@@ -69,6 +69,11 @@ class ServedLevel:
         return LevelState(self.profile, self.correction.ratio, b.queued_samples, remaining, b.idle)
 
 
+def new_overhead() -> Estimate:
+    """The server's own cost per request (ms), before warm-up measures it."""
+    return Estimate(0.5, floor=0.01)
+
+
 @dataclass
 class ServedModel:
     manifest: Manifest
@@ -76,7 +81,7 @@ class ServedModel:
     levels: list[ServedLevel]  # most accurate (largest keep fraction) first
     default_level: str = "full"
     # the server's own cost per request (ms): parse, hops, encode; prior from warm-up
-    overhead: Estimate = field(default_factory=lambda: Estimate(0.5, floor=0.01))
+    overhead: Estimate = field(default_factory=new_overhead)
     _by_name: dict[str, ServedLevel] = field(init=False, repr=False)
     output_names: list[str] = field(init=False, repr=False)  # the manifest's, in its order
 

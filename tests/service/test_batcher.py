@@ -106,6 +106,41 @@ def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
     run(test, max_delay_s=0.0)
 
 
+async def _second_batch_during_a_blocked_loop(b: Batcher, model: Model) -> tuple[bool, list[BatchResult]]:
+    """Batch [1 row] runs; 6 rows queue behind it; the batch ends while the event loop is blocked
+    (0.3 s). Whether the 6-row batch had started by the time the loop ran again, and the results."""
+    model.gate.clear()
+    first = asyncio.create_task(b.submit(rows(1, -1), deadline=soon()))
+    await until(running(b))
+    later = [asyncio.create_task(b.submit(rows(1, i), deadline=soon())) for i in range(6)]
+    await until(queued(b, 6))
+    model.gate.set()
+    time.sleep(0.3)  # the loop is blocked: only the level's thread can start the next batch
+    started = len(model.batches) == 2 or b.running_samples == 6
+    return started, await asyncio.gather(first, *later)
+
+
+def test_a_level_that_falls_behind_starts_its_next_batch_on_its_thread() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        started, results = await _second_batch_during_a_blocked_loop(b, model)
+        assert started  # the next batch did not wait for the event loop
+        assert [len(x) for x in model.batches] == [1, 6]
+        for i, r in enumerate(results[1:]):
+            np.testing.assert_array_equal(r.outputs["y"], rows(1, 2 * i))
+
+    run(test, max_delay_s=0.0)
+
+
+def test_a_level_faster_than_the_loop_leaves_the_next_batch_to_the_loop() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        started, results = await _second_batch_during_a_blocked_loop(b, model)
+        assert not started  # a row costs less than the loop's work per request: the loop starts it
+        assert [len(x) for x in model.batches] == [1, 6]
+        assert all(isinstance(r, BatchResult) for r in results)
+
+    run(test, max_delay_s=0.0, loop_cost_s=lambda: 10.0)
+
+
 def test_with_a_queue_delay_a_partial_batch_waits_to_fill() -> None:
     async def test(b: Batcher, model: Model) -> None:
         first = asyncio.create_task(b.submit(rows(1, 1), deadline=soon()))
