@@ -432,7 +432,7 @@ class Batcher:
             late: list[Request] = []
             with self._lock:
                 now = time.monotonic()
-                if error is None and self._chains(compute, size):
+                if error is None and self._chains(compute, size, parts):
                     nxt, expired, late = self._queue.take(self.max_batch_size, now, self._cost_s)
                 self._mark_running(nxt, now)
             with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits any more
@@ -453,13 +453,17 @@ class Batcher:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._finished, running, None, 0.0, error, [], [])
 
-    def _chains(self, compute_s: float, rows: int) -> bool:
+    def _chains(self, compute_s: float, rows: int, parts: list[Part]) -> bool:
         """Whether the level's thread takes the next batch itself (see _run_batches), under the
         lock: the level, not the event loop, holds answers back (a row of it cost more than the
         loop's work for a request, and work piled up about as fast as it ran: at least half a
-        batch), with no batching delay to honour (else the loop's fill timer decides)."""
+        batch), with no batching delay to honour (else the loop's fill timer decides), and the
+        batch that ended held no latency-budgeted request (those are shed at the head of the queue
+        by the loop's pace: chained, the bench's overload at 4x fell from 99.4% of answers within
+        budget to 97.6% in back-to-back runs)."""
         return (
-            not self._stopped
+            all(p.request.finish_by == float("inf") for p in parts)
+            and not self._stopped
             and (self.max_delay_s <= 0 or self._closing)
             and compute_s >= rows * self._loop_cost_s()
             and 2 * self._queue.samples >= rows
