@@ -215,16 +215,26 @@ class Engine:
         self, model: ServedModel, budget: Budget, rows: int, lag_ms: float = 0.0, margin_ms: float = 0.0
     ) -> policy.Decision:
         """`budget.level`, if any, already resolved to a level name."""
-        fixed = budget.level if budget.level is not None else (None if budget.given else model.default_level)
-        # a fixed level needs only its own state (for predicted_ms); only a budget compares levels
-        levels = model.levels if fixed is None else [model.level(str(fixed))]
+        settings = self.settings
+        if budget.level is not None or not budget.given:  # a fixed level: only its own state, no comparison
+            explicit = budget.level is not None
+            level = model.level(str(budget.level) if explicit else model.default_level)
+            fixed_ms = model.overhead.value + policy.LAG_HOPS * lag_ms
+            return policy.one(
+                level.state(),
+                "explicit" if explicit else "default",
+                rows,
+                settings.max_batch_size,
+                settings.max_queue_delay_ms,
+                fixed_ms,
+            )
         return policy.choose(
-            [lv.state() for lv in levels],
+            [lv.state() for lv in model.levels],
             budget,
             model.default_level,
             rows,
-            self.settings.max_batch_size,
-            self.settings.max_queue_delay_ms,
+            settings.max_batch_size,
+            settings.max_queue_delay_ms,
             model.overhead.value,
             lag_ms,
             margin_ms,

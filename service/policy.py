@@ -167,6 +167,21 @@ def fill_wait_ms(state: LevelState, rows: int, max_batch_size: int, max_delay_ms
     return max_delay_ms if state.idle and rows < max_batch_size else 0.0
 
 
+def one(
+    state: LevelState,
+    policy: PolicyName,
+    rows: int,
+    max_batch_size: int,
+    max_delay_ms: float,
+    fixed_ms: float,
+) -> Decision:
+    """The decision for a request whose level is fixed (named, or the default): no comparison, its
+    prediction only. `fixed_ms`: overhead + LAG_HOPS * lag."""
+    wait = fill_wait_ms(state, rows, max_batch_size, max_delay_ms)
+    predicted = fixed_ms + work_ms(state, rows, max_batch_size) + wait
+    return Decision(state.profile.name, policy, predicted, None, max_delay_ms)
+
+
 def choose(
     levels: list[LevelState],
     budget: Budget,
@@ -185,10 +200,14 @@ def choose(
     if budget.level is not None or not budget.given:  # one level, named or the default: no comparison
         name = str(budget.level) if budget.level is not None else default
         state = next(s for s in levels if s.profile.name == name)
-        wait = fill_wait_ms(state, rows, max_batch_size, max_delay_ms)
-        predicted = fixed_ms + work_ms(state, rows, max_batch_size) + wait
-        policy: PolicyName = "explicit" if budget.level is not None else "default"
-        return Decision(name, policy, predicted, None, max_delay_ms)
+        return one(
+            state,
+            "explicit" if budget.level is not None else "default",
+            rows,
+            max_batch_size,
+            max_delay_ms,
+            fixed_ms,
+        )
     states = {s.profile.name: s for s in levels}
     work = {n: fixed_ms + work_ms(s, rows, max_batch_size) for n, s in states.items()}
 
