@@ -168,11 +168,10 @@ class Guard:
         try:
             protocol = "native" if inference["native"] else "v2"
             route = self.direct.get(protocol) if scope["method"] == "POST" else None
-            replay = _replay(body, receive)
             if route is None:
-                await self.app(scope, replay, send)
+                await self.app(scope, _replay(body, receive), send)
             else:
-                await self._dispatch(route, inference, scope, replay, exchange, headers, body)
+                await self._dispatch(route, inference, scope, receive, exchange, headers, body)
         finally:
             self.engine.in_flight -= 1
 
@@ -195,7 +194,7 @@ class Guard:
             await exchange.refuse(exc.status, exc.message, exc.headers)
             return
         except Exception as exc:
-            response = await errors.handle(Request(scope, receive), exc)
+            response = await errors.handle(Request(scope, _replay(body, receive)), exc)
             await response(scope, receive, exchange.send_with_id)
             return
         await exchange.answer(answer, answer_headers)
