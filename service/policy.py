@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from service.budget import Budget
@@ -68,6 +68,7 @@ from service.budget import Budget
 PolicyName = Literal["explicit", "latency_budget", "min_accuracy", "default"]
 LAG_HOPS = 2  # waits for the event loop between admission and the answer: batch handed back, answer written
 MARGIN_SHARE = 0.8  # the most of a latency budget the margin keeps back at admission
+_PREDICTED_MAX = 4096  # batch sizes whose predicted_ms a profile keeps
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class LevelProfile:
     accuracy: float
     latency_ms: tuple[tuple[int, float], ...]  # (batch size, median ms), sorted by batch size
     accuracy_low: float | None = None  # the 95% interval's lower end; None: the accuracy itself
+    # predict_ms by batch size, as computed: a request asks for two or three (its level's state, its
+    # work, its batch's compute), of at most max_batch_size distinct sizes in all
+    _predicted: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def low(self) -> float:
@@ -88,6 +92,14 @@ class LevelProfile:
 
     def predict_ms(self, batch_size: int) -> float:
         """Median compute of one batch: piecewise linear in batch size, extrapolated past the ends."""
+        known = self._predicted.get(batch_size)
+        if known is None:
+            known = self._interpolate(batch_size)
+            if len(self._predicted) < _PREDICTED_MAX:
+                self._predicted[batch_size] = known
+        return known
+
+    def _interpolate(self, batch_size: int) -> float:
         points = self.latency_ms
         if len(points) == 1:
             b0, t0 = points[0]
