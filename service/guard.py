@@ -105,14 +105,13 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
         wanted = _wanted(scope["headers"])
         rid = logs.request_id(wanted.get(_RID))
         context = logs.current.set(rid)
         start = time.monotonic()
         exchange = _Exchange(send, rid.encode(), self.engine)
         try:
-            await self._guarded(scope, receive, exchange, headers, wanted)
+            await self._guarded(scope, receive, exchange, wanted)
         except ClientDisconnect:  # a route reading a body the client abandoned: nobody to answer
             log.info("%s %s: client disconnected", scope["method"], scope["path"])
         except Exception:
@@ -126,7 +125,7 @@ class Guard:
             logs.current.reset(context)
 
     async def _guarded(
-        self, scope: Scope, receive: Receive, exchange: _Exchange, headers: Headers, wanted: dict[bytes, str]
+        self, scope: Scope, receive: Receive, exchange: _Exchange, wanted: dict[bytes, str]
     ) -> None:
         path: str = scope["path"]
         send = exchange.send_with_id
@@ -171,7 +170,7 @@ class Guard:
             if route is None:
                 await self.app(scope, _replay(body, receive), send)
             else:
-                await self._dispatch(route, inference, scope, receive, exchange, headers, body)
+                await self._dispatch(route, inference, scope, receive, exchange, body)
         finally:
             self.engine.in_flight -= 1
 
@@ -182,11 +181,11 @@ class Guard:
         scope: Scope,
         receive: Receive,
         exchange: _Exchange,
-        headers: Headers,
         body: bytes,
     ) -> None:
         """Run an inference route's direct handler (see the module docstring)."""
         name: str = match["native"] or match["v2"]
+        headers = Headers(raw=scope["headers"])  # uvicorn's list, not copied (Headers(scope=) copies)
         try:
             answer, answer_headers = await route(self.engine, name, match["version"], headers, body)
         except errors.ServiceError as exc:  # a refusal (shed above all): no Request, no Response built
