@@ -4,6 +4,9 @@ With `workers` > 1 (service.workers) every worker process starts with PROMETHEUS
 so prometheus_client keeps each value in a per-process file there, and /metrics, from any worker,
 sums every worker's files: counters and histograms add up, `circuitserve_queue_depth` is the sum
 over live workers and `circuitserve_ready` their minimum (a dead worker's gauge files are removed).
+
+The request path updates plain numbers (`Children`, `_Series`), written into prometheus_client's
+children whenever the registry is read; in multiprocess mode each update reaches the files at once.
 """
 
 from __future__ import annotations
@@ -201,22 +204,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
-        # the request path's series (see Children), synced into the registry before an exposition
-        shared = multiprocess()
-        self._requests, self._duration, self._queue_wait, self._compute, self._batch_size, self._samples = (
-            Children(m, shared)
+        # the request path's series (see Children), synced into the registry when it is read
+        self._children = tuple(
+            Children(m, multiprocess())
             for m in (
                 self.requests, self.request_duration, self.queue_wait, self.compute, self.batch_size,
-                self.inferred_samples,
+                self.inferred_samples, self.level_selections, self.budget_misses, self.prediction_error,
             )
         )  # fmt: skip
-        self._selections, self._misses, self._error = (
-            Children(m, shared) for m in (self.level_selections, self.budget_misses, self.prediction_error)
-        )
-        self._children = (
-            self._requests, self._duration, self._queue_wait, self._compute, self._batch_size, self._samples,
-            self._selections, self._misses, self._error,
-        )  # fmt: skip
+        (
+            self._requests, self._duration, self._queue_wait, self._compute, self._batch_size,
+            self._samples, self._selections, self._misses, self._error,
+        ) = self._children  # fmt: skip
 
     def add_level(self, model: str, level: str, queue_depth: Callable[[], float]) -> None:
         """Create a level's series up front (so they read 0, not absent) and wire its queue gauge."""
