@@ -50,7 +50,8 @@ class Tracking:
     path of every request). Leaving it takes the request's time and outcome, and leaves recording
     them (`Engine.record`) to the event loop's next turn: by then the answer (or the error) is
     written, so the client does not wait for the bookkeeping; whatever the loop runs next, a later
-    request or a read of /metrics and the stats, runs after it."""
+    request or a read of /metrics and the stats, runs after it. With workers (multiprocess metrics)
+    the recording comes first: another worker's /metrics may read this one's values at any time."""
 
     __slots__ = ("engine", "rec")
 
@@ -62,8 +63,11 @@ class Tracking:
         return self.rec
 
     def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        elapsed = time.monotonic() - self.rec.start
-        asyncio.get_running_loop().call_soon(self.engine.record, self.rec, outcome_of(error), elapsed)
+        elapsed, engine = time.monotonic() - self.rec.start, self.engine
+        if engine.metrics.shared:
+            engine.record(self.rec, outcome_of(error), elapsed)
+        else:
+            asyncio.get_running_loop().call_soon(engine.record, self.rec, outcome_of(error), elapsed)
 
 
 def _shed(budget_ms: float, predicted: str, lag_ms: float, margin_ms: float) -> Shed:

@@ -205,8 +205,9 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         # the request path's series (see Children), synced into the registry when it is read
+        self.shared = multiprocess()  # another worker's /metrics reads this process's values any time
         self._children = tuple(
-            Children(m, multiprocess())
+            Children(m, self.shared)
             for m in (
                 self.requests, self.request_duration, self.queue_wait, self.compute, self.batch_size,
                 self.inferred_samples, self.level_selections, self.budget_misses, self.prediction_error,
