@@ -33,6 +33,7 @@ class Budget(NamedTuple):  # immutable; a tuple, made once or twice per request 
 
 
 NONE = Budget()
+_KEYS = frozenset(("sparsity_level", "latency_budget_ms", "min_accuracy", "priority"))  # and the timeout's
 
 
 def integer(value: Any) -> int | None:
@@ -61,7 +62,7 @@ def _number(fields: Mapping[str, Any], key: str, where: str) -> float | None:
 
 def parse(fields: Mapping[str, Any], *, timeout_key: str, timeout_per_ms: float, where: str = "") -> Budget:
     """The budget in `fields` (`where` prefixes messages, e.g. "parameter ")."""
-    if not fields.keys() & {"sparsity_level", "latency_budget_ms", "min_accuracy", "priority", timeout_key}:
+    if timeout_key not in fields and not fields.keys() & _KEYS:
         return NONE
     level = fields.get("sparsity_level")
     if level is not None and (isinstance(level, bool) or not isinstance(level, str | int | float)):

@@ -3,7 +3,7 @@
 A route handles one request in one pass: decode (its protocol) -> budget (service.budget) ->
 `infer` (level choice, then the batcher) -> `answered` (what it cost, was the budget met) -> encode.
 `track()` around the whole of it records the outcome (from the exception type, see service.errors)
-in Prometheus and the recent-stats window.
+in Prometheus and the recent-stats window, once the answer is written (`Tracking`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from service.settings import Settings
 from service.stats import RecentStats
 
 
-@dataclass
+@dataclass(slots=True)
 class Tracked:
     """Filled in while a request is handled; recorded when it ends."""
 
@@ -48,7 +48,11 @@ def _queued(batchers: list[Batcher]) -> int:
 
 class Tracking:
     """The context manager `Engine.track` returns (a class: cheaper than @contextmanager on the
-    path of every request)."""
+    path of every request). Leaving it takes the request's time and outcome, and leaves recording
+    them (`Engine.record`) to the event loop's next turn: by then the answer (or the error) is
+    written, so the client does not wait for the bookkeeping; whatever the loop runs next, a later
+    request or a read of /metrics and the stats, runs after it. With workers (multiprocess metrics)
+    the recording comes first: another worker's /metrics may read this one's values at any time."""
 
     __slots__ = ("engine", "rec")
 
@@ -60,14 +64,11 @@ class Tracking:
         return self.rec
 
     def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        rec, elapsed = self.rec, time.monotonic() - self.rec.start
-        outcome = outcome_of(error)
-        self.engine.metrics.observe_request(rec.model, rec.level, outcome, elapsed, rec.queue_s)
-        if rec.served is not None:
-            rec.served.stats.request(outcome == "success", rec.samples, elapsed, rec.queue_s, rec.compute_s)
-        self.engine.stats.record(
-            rec.model, rec.level, outcome, rec.samples, elapsed, rec.error_ms, rec.budget_met
-        )
+        elapsed, engine = time.monotonic() - self.rec.start, self.engine
+        if engine.metrics.shared:
+            engine.record(self.rec, outcome_of(error), elapsed)
+        else:
+            asyncio.get_running_loop().call_soon(engine.record, self.rec, outcome_of(error), elapsed)
 
 
 def _shed(budget_ms: float, predicted: str, lag_ms: float, margin_ms: float) -> Shed:
@@ -77,7 +78,7 @@ def _shed(budget_ms: float, predicted: str, lag_ms: float, margin_ms: float) -> 
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class Inference:
     level: ServedLevel
     budget: Budget
@@ -150,6 +151,15 @@ class Engine:
         recorded when the block ends, the outcome from the exception that ended it, if any."""
         return Tracking(self, Tracked(model=model_name if model_name in self.models else UNKNOWN_MODEL))
 
+    def record(self, rec: Tracked, outcome: str, elapsed_s: float) -> None:
+        """A tracked request's outcome and time, in Prometheus, its level's and the recent stats."""
+        self.metrics.observe_request(rec.model, rec.level, outcome, elapsed_s, rec.queue_s)
+        if rec.error_ms is not None:  # answered (Engine.answered)
+            self.metrics.observe_answer(rec.model, rec.error_ms / 1000, rec.budget_met is False)
+        if rec.served is not None:
+            rec.served.stats.request(outcome == "success", rec.samples, elapsed_s, rec.queue_s, rec.compute_s)
+        self.stats.record(rec.model, rec.level, outcome, rec.samples, elapsed_s, rec.error_ms, rec.budget_met)
+
     def count_invalid(self, model_name: str | None, outcome: str = "bad_request") -> None:
         """Record a request refused before its handler ran (invalid body, too large, too many)."""
         model = model_name if model_name in self.models else UNKNOWN_MODEL
@@ -194,7 +204,7 @@ class Engine:
 
     def answered(self, model: ServedModel, inference: Inference, rec: Tracked) -> Inference:
         """Just before encoding: the measured server time, whether it met the budget, and what the
-        prediction missed by (metrics, stats, and the online overhead estimate)."""
+        prediction missed by (for `record`, and the online overhead estimate and margin)."""
         now = time.monotonic()
         server_ms = inference.server_ms = (now - rec.start) * 1000
         budget = inference.budget
@@ -211,23 +221,32 @@ class Engine:
             inference.budget_met = rec.budget_met = met
             if latency is not None and self.settings.shed_late:  # admitted on its latency budget
                 self.margin.observe(server_ms <= latency, latency)
-        self.metrics.observe_answer(model.name, error_ms / 1000, met is False)
-        return inference
+        return inference  # its metrics: Engine.record
 
     def choose(
         self, model: ServedModel, budget: Budget, rows: int, lag_ms: float = 0.0, margin_ms: float = 0.0
     ) -> policy.Decision:
         """`budget.level`, if any, already resolved to a level name."""
-        fixed = budget.level if budget.level is not None else (None if budget.given else model.default_level)
-        # a fixed level needs only its own state (for predicted_ms); only a budget compares levels
-        levels = model.levels if fixed is None else [model.level(str(fixed))]
+        settings = self.settings
+        if budget.level is not None or not budget.given:  # a fixed level: only its own state, no comparison
+            explicit = budget.level is not None
+            level = model.level(str(budget.level) if explicit else model.default_level)
+            fixed_ms = model.overhead.value + policy.LAG_HOPS * lag_ms
+            return policy.one(
+                level.state(),
+                "explicit" if explicit else "default",
+                rows,
+                settings.max_batch_size,
+                settings.max_queue_delay_ms,
+                fixed_ms,
+            )
         return policy.choose(
-            [lv.state() for lv in levels],
+            [lv.state() for lv in model.levels],
             budget,
             model.default_level,
             rows,
-            self.settings.max_batch_size,
-            self.settings.max_queue_delay_ms,
+            settings.max_batch_size,
+            settings.max_queue_delay_ms,
             model.overhead.value,
             lag_ms,
             margin_ms,

@@ -105,14 +105,13 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
         wanted = _wanted(scope["headers"])
         rid = logs.request_id(wanted.get(_RID))
         context = logs.current.set(rid)
         start = time.monotonic()
         exchange = _Exchange(send, rid.encode(), self.engine)
         try:
-            await self._guarded(scope, receive, exchange, headers, wanted)
+            await self._guarded(scope, receive, exchange, wanted)
         except ClientDisconnect:  # a route reading a body the client abandoned: nobody to answer
             log.info("%s %s: client disconnected", scope["method"], scope["path"])
         except Exception:
@@ -126,7 +125,7 @@ class Guard:
             logs.current.reset(context)
 
     async def _guarded(
-        self, scope: Scope, receive: Receive, exchange: _Exchange, headers: Headers, wanted: dict[bytes, str]
+        self, scope: Scope, receive: Receive, exchange: _Exchange, wanted: dict[bytes, str]
     ) -> None:
         path: str = scope["path"]
         send = exchange.send_with_id
@@ -168,11 +167,10 @@ class Guard:
         try:
             protocol = "native" if inference["native"] else "v2"
             route = self.direct.get(protocol) if scope["method"] == "POST" else None
-            replay = _replay(body, receive)
             if route is None:
-                await self.app(scope, replay, send)
+                await self.app(scope, _replay(body, receive), send)
             else:
-                await self._dispatch(route, inference, scope, replay, exchange, headers, body)
+                await self._dispatch(route, inference, scope, receive, exchange, body)
         finally:
             self.engine.in_flight -= 1
             if not self.engine.in_flight:
@@ -185,11 +183,11 @@ class Guard:
         scope: Scope,
         receive: Receive,
         exchange: _Exchange,
-        headers: Headers,
         body: bytes,
     ) -> None:
         """Run an inference route's direct handler (see the module docstring)."""
         name: str = match["native"] or match["v2"]
+        headers = Headers(raw=scope["headers"])  # uvicorn's list, not copied (Headers(scope=) copies)
         try:
             answer, answer_headers = await route(self.engine, name, match["version"], headers, body)
         except errors.ServiceError as exc:  # a refusal (shed above all): no Request, no Response built
@@ -197,7 +195,7 @@ class Guard:
             await exchange.refuse(exc.status, exc.message, exc.headers)
             return
         except Exception as exc:
-            response = await errors.handle(Request(scope, receive), exc)
+            response = await errors.handle(Request(scope, _replay(body, receive)), exc)
             await response(scope, receive, exchange.send_with_id)
             return
         await exchange.answer(answer, answer_headers)

@@ -20,6 +20,7 @@ class LoopLag:
     def __init__(self, interval_s: float = 0.005, window: int = 8) -> None:
         self.interval_s = interval_s
         self._recent: deque[float] = deque([0.0], maxlen=window)
+        self._mean_s = 0.0  # of _recent, kept by _tick: lag_ms is read once per request
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
@@ -28,7 +29,7 @@ class LoopLag:
     def lag_ms(self) -> float:
         """The mean lateness of the recent ticks, or of the tick overdue now if more, in ms."""
         overdue = self._loop.time() - self._due if self._timer is not None and self._loop else 0.0
-        return max(sum(self._recent) / len(self._recent), overdue, 0.0) * 1000
+        return max(self._mean_s, overdue, 0.0) * 1000
 
     def start(self) -> None:
         """Tick on the running loop until `stop` (idempotent)."""
@@ -49,4 +50,5 @@ class LoopLag:
     def _tick(self) -> None:
         assert self._loop is not None
         self._recent.append(max(0.0, self._loop.time() - self._due))
+        self._mean_s = sum(self._recent) / len(self._recent)
         self._arm()

@@ -4,10 +4,14 @@ With `workers` > 1 (service.workers) every worker process starts with PROMETHEUS
 so prometheus_client keeps each value in a per-process file there, and /metrics, from any worker,
 sums every worker's files: counters and histograms add up, `circuitserve_queue_depth` is the sum
 over live workers and `circuitserve_ready` their minimum (a dead worker's gauge files are removed).
+
+The request path updates plain numbers (`Children`, `_Series`), written into prometheus_client's
+children whenever the registry is read; in multiprocess mode each update reaches the files at once.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable
@@ -43,44 +47,84 @@ _ERROR_BUCKETS = tuple(
 
 
 class Children:
-    """A metric's labelled children, looked up once per label set: prometheus_client's `labels()`
-    costs several µs a call (a lock, a tuple, validation), and a request makes about eight. Each
-    child is kept as its one update function (`_updater`): `inc(amount)` of a counter, `observe(x)`
-    of a histogram."""
+    """A metric's labelled children, looked up once per label set (prometheus_client's `labels()`
+    costs several µs a call: a lock, a tuple, validation), each kept as a `_Series`: the request
+    path's updates are plain arithmetic, no lock, no call into prometheus_client."""
 
-    __slots__ = ("_cache", "_metric")
+    __slots__ = ("_cache", "_metric", "_shared")
 
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._cache: dict[tuple[str, ...], Callable[[float], None]] = {}
+    def __init__(self, metric: Any, shared: bool) -> None:
+        self._metric, self._shared = metric, shared
+        self._cache: dict[tuple[str, ...], _Series] = {}
 
-    def __call__(self, *labels: str) -> Callable[[float], None]:
-        update = self._cache.get(labels)
-        if update is None:
-            update = self._cache[labels] = _updater(self._metric.labels(*labels))
-        return update
+    def __call__(self, *labels: str) -> _Series:
+        series = self._cache.get(labels)
+        if series is None:
+            series = self._cache[labels] = _Series(self._metric.labels(*labels), self._shared)
+        return series
+
+    def sync(self) -> None:
+        for series in list(self._cache.values()):  # a copy: a batch thread may add a label set
+            series.sync()
 
 
-def _updater(child: Any) -> Callable[[float], None]:
-    """The child's update, straight to its values: a counter's `inc` and a histogram's `observe`
-    check on every call that the metric is a child, not a parent, and `observe` scans the buckets in
-    Python (measured here: 5 µs an observation, against about 1 with bisect). The same values are
-    updated (in multiprocess mode too: they are its files' values); prometheus_client's own methods
-    where its internals are not the ones known here."""
-    bounds, buckets, total = (getattr(child, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
-    if isinstance(bounds, list) and isinstance(buckets, list) and len(bounds) == len(buckets) and total:
-        incs, add, last = [b.inc for b in buckets], total.inc, len(buckets) - 1
+class _Series:
+    """One child's count (a counter's total, or a histogram's observations per bucket and their sum)
+    as plain numbers, written into the child's values by `sync`, before every exposition. A request
+    makes about 13 updates; prometheus_client's take a lock each and a histogram's `observe` scans
+    its buckets in Python. Each series has one writer at a time (the event loop, or the level's
+    batch as it ends); `sync` only reads. `shared` (multiprocess mode: another worker's /metrics
+    reads this process's files at any time) writes every update through to the child as well."""
 
-        def observe(amount: float) -> None:  # the first bucket whose bound >= amount, as prometheus_client
-            add(amount)
-            incs[min(bisect_left(bounds, amount), last)](1)
+    __slots__ = ("_buckets", "_shared", "_sum", "bounds", "counts", "total")
 
-        return observe
-    value = getattr(child, "_value", None)
-    if isinstance(child, Counter) and value is not None and hasattr(value, "inc"):
-        inc: Callable[[float], None] = value.inc
-        return inc
-    return child.observe if hasattr(child, "observe") else child.inc  # type: ignore[no-any-return]
+    def __init__(self, child: Any, shared: bool) -> None:
+        bounds = getattr(child, "_upper_bounds", None)
+        self.bounds: list[float] = list(bounds) if bounds is not None else [math.inf]  # the last is +Inf
+        self.counts: list[float] = [0] * len(self.bounds)  # a counter: its total in counts[0]
+        self.total = 0.0  # a histogram's sum
+        self._buckets = child._buckets if bounds is not None else [child._value]
+        self._sum = child._sum if bounds is not None else None
+        self._shared = shared
+
+    def add(self, amount: float = 1) -> None:
+        """A counter's `inc`."""
+        self.counts[0] += amount
+        if self._shared:
+            self._buckets[0].inc(amount)
+
+    def observe(self, amount: float) -> None:
+        """A histogram's `observe`: the first bucket whose bound is >= amount, as prometheus_client."""
+        i = bisect_left(self.bounds, amount)
+        self.counts[i] += 1
+        self.total += amount
+        if self._shared:
+            self._buckets[i].inc(1)
+            assert self._sum is not None
+            self._sum.inc(amount)
+
+    def sync(self) -> None:
+        if self._shared:
+            return  # written through already
+        for value, count in zip(self._buckets, self.counts, strict=True):
+            value.set(count)
+        if self._sum is not None:
+            self._sum.set(self.total)
+
+
+class _Syncing:
+    """A collector of no metrics of its own, registered first: collecting the registry syncs the
+    request path's series into their children before they are read."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []  # no names: registering it does not collect
+
+    def collect(self) -> list[Any]:
+        self._metrics.sync()
+        return []
 
 
 def multiprocess() -> bool:
@@ -95,6 +139,7 @@ class Metrics:
         self._gauge_functions: list[tuple[Gauge, Callable[[], float]]] = []
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        r.register(_Syncing(self))  # first: every read of the registry sees the series synced
         ml = ("model", "level")
         self.requests = Counter(
             "circuitserve_requests", "Inference requests by outcome.", (*ml, "outcome"), registry=r
@@ -159,12 +204,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
-        # the request path's children, memoized (see Children)
-        self._requests, self._duration = Children(self.requests), Children(self.request_duration)
-        self._queue_wait, self._compute = Children(self.queue_wait), Children(self.compute)
-        self._batch_size, self._samples = Children(self.batch_size), Children(self.inferred_samples)
-        self._selections, self._misses = Children(self.level_selections), Children(self.budget_misses)
-        self._error = Children(self.prediction_error)
+        # the request path's series (see Children), synced into the registry when it is read
+        self.shared = multiprocess()  # another worker's /metrics reads this process's values any time
+        self._children = tuple(
+            Children(m, self.shared)
+            for m in (
+                self.requests, self.request_duration, self.queue_wait, self.compute, self.batch_size,
+                self.inferred_samples, self.level_selections, self.budget_misses, self.prediction_error,
+            )
+        )  # fmt: skip
+        (
+            self._requests, self._duration, self._queue_wait, self._compute, self._batch_size,
+            self._samples, self._selections, self._misses, self._error,
+        ) = self._children  # fmt: skip
 
     def add_level(self, model: str, level: str, queue_depth: Callable[[], float]) -> None:
         """Create a level's series up front (so they read 0, not absent) and wire its queue gauge."""
@@ -184,32 +236,37 @@ class Metrics:
         self.prediction_error.labels(model)
 
     def observe_batch(self, model: str, level: str, samples: int, compute_s: float) -> None:
-        self._batch_size(model, level)(samples)
-        self._compute(model, level)(compute_s)
-        self._samples(model, level)(samples)
+        self._batch_size(model, level).observe(samples)
+        self._compute(model, level).observe(compute_s)
+        self._samples(model, level).add(samples)
 
     def observe_request(
         self, model: str, level: str, outcome: str, duration_s: float, queue_s: float | None = None
     ) -> None:
-        self._requests(model, level, outcome)(1)
-        self._duration(model, level)(duration_s)
+        self._requests(model, level, outcome).add()
+        self._duration(model, level).observe(duration_s)
         if queue_s is not None:
-            self._queue_wait(model, level)(queue_s)
+            self._queue_wait(model, level).observe(queue_s)
 
     def selected(self, model: str, level: str, policy: str) -> None:
-        self._selections(model, level, policy)(1)
+        self._selections(model, level, policy).add()
 
     def observe_answer(self, model: str, error_s: float, missed: bool) -> None:
         """One answer's prediction error (measured - predicted server time) and budget miss."""
-        self._error(model)(error_s)
+        self._error(model).observe(error_s)
         if missed:
-            self._misses(model)(1)
+            self._misses(model).add()
 
     def refresh(self) -> None:
         """Write the function gauges' current values to this process's files (multiprocess mode;
         each worker calls it periodically, and before answering /metrics)."""
         for gauge, value in self._gauge_functions:
             gauge.set(value())
+
+    def sync(self) -> None:
+        """Write the request path's series into the registry's children (see _Series)."""
+        for children in self._children:
+            children.sync()
 
     def exposition(self) -> bytes:
         if not multiprocess():

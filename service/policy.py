@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from service.budget import Budget
@@ -68,6 +68,7 @@ from service.budget import Budget
 PolicyName = Literal["explicit", "latency_budget", "min_accuracy", "default"]
 LAG_HOPS = 2  # waits for the event loop between admission and the answer: batch handed back, answer written
 MARGIN_SHARE = 0.8  # the most of a latency budget the margin keeps back at admission
+_PREDICTED_MAX = 4096  # batch sizes whose predicted_ms a profile keeps
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class LevelProfile:
     accuracy: float
     latency_ms: tuple[tuple[int, float], ...]  # (batch size, median ms), sorted by batch size
     accuracy_low: float | None = None  # the 95% interval's lower end; None: the accuracy itself
+    # predict_ms by batch size, as computed: a request asks for two or three (its level's state, its
+    # work, its batch's compute), of at most max_batch_size distinct sizes in all
+    _predicted: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def low(self) -> float:
@@ -88,6 +92,14 @@ class LevelProfile:
 
     def predict_ms(self, batch_size: int) -> float:
         """Median compute of one batch: piecewise linear in batch size, extrapolated past the ends."""
+        known = self._predicted.get(batch_size)
+        if known is None:
+            known = self._interpolate(batch_size)
+            if len(self._predicted) < _PREDICTED_MAX:
+                self._predicted[batch_size] = known
+        return known
+
+    def _interpolate(self, batch_size: int) -> float:
         points = self.latency_ms
         if len(points) == 1:
             b0, t0 = points[0]
@@ -167,6 +179,21 @@ def fill_wait_ms(state: LevelState, rows: int, max_batch_size: int, max_delay_ms
     return max_delay_ms if state.idle and rows < max_batch_size else 0.0
 
 
+def one(
+    state: LevelState,
+    policy: PolicyName,
+    rows: int,
+    max_batch_size: int,
+    max_delay_ms: float,
+    fixed_ms: float,
+) -> Decision:
+    """The decision for a request whose level is fixed (named, or the default): no comparison, its
+    prediction only. `fixed_ms`: overhead + LAG_HOPS * lag."""
+    wait = fill_wait_ms(state, rows, max_batch_size, max_delay_ms)
+    predicted = fixed_ms + work_ms(state, rows, max_batch_size) + wait
+    return Decision(state.profile.name, policy, predicted, None, max_delay_ms)
+
+
 def choose(
     levels: list[LevelState],
     budget: Budget,
@@ -185,10 +212,14 @@ def choose(
     if budget.level is not None or not budget.given:  # one level, named or the default: no comparison
         name = str(budget.level) if budget.level is not None else default
         state = next(s for s in levels if s.profile.name == name)
-        wait = fill_wait_ms(state, rows, max_batch_size, max_delay_ms)
-        predicted = fixed_ms + work_ms(state, rows, max_batch_size) + wait
-        policy: PolicyName = "explicit" if budget.level is not None else "default"
-        return Decision(name, policy, predicted, None, max_delay_ms)
+        return one(
+            state,
+            "explicit" if budget.level is not None else "default",
+            rows,
+            max_batch_size,
+            max_delay_ms,
+            fixed_ms,
+        )
     states = {s.profile.name: s for s in levels}
     work = {n: fixed_ms + work_ms(s, rows, max_batch_size) for n, s in states.items()}
 

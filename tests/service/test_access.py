@@ -4,6 +4,7 @@ request ids (taken or made, returned, logged), and no secret in any log line."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,20 @@ def test_tritonclient_passes_the_token_as_a_header(bundle_path: Path, manifest: 
             assert result.as_numpy("probabilities").shape == (2, len(manifest.labels))
         finally:
             client.close()
+
+
+def test_made_request_ids_are_distinct_hex_and_a_forked_child_never_repeats_its_parents() -> None:
+    made = [logs.request_id(None) for _ in range(3 * logs._POOL + 7)]  # across refills of the pool
+    assert len(set(made)) == len(made) and all(len(m) == 32 and int(m, 16) >= 0 for m in made)
+    pending = set(logs._fresh)  # what this process hands out next
+    assert pending
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first ids, to the parent
+        os.write(write, "".join(logs.request_id(None) for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    assert os.waitpid(pid, 0)[1] == 0 and len(child) == 4 * 32
+    assert not {child[i : i + 32] for i in range(0, len(child), 32)} & pending
