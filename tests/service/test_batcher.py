@@ -106,11 +106,13 @@ def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
     run(test, max_delay_s=0.0)
 
 
-async def _second_batch_during_a_blocked_loop(b: Batcher, model: Model) -> tuple[bool, list[BatchResult]]:
+async def _second_batch_during_a_blocked_loop(
+    b: Batcher, model: Model, finish_by: float = float("inf")
+) -> tuple[bool, list[BatchResult]]:
     """Batch [1 row] runs; 6 rows queue behind it; the batch ends while the event loop is blocked
     (0.3 s). Whether the 6-row batch had started by the time the loop ran again, and the results."""
     model.gate.clear()
-    first = asyncio.create_task(b.submit(rows(1, -1), deadline=soon()))
+    first = asyncio.create_task(b.submit(rows(1, -1), deadline=soon(), finish_by=finish_by))
     await until(running(b))
     later = [asyncio.create_task(b.submit(rows(1, i), deadline=soon())) for i in range(6)]
     await until(queued(b, 6))
@@ -127,6 +129,16 @@ def test_a_level_that_falls_behind_starts_its_next_batch_on_its_thread() -> None
         assert [len(x) for x in model.batches] == [1, 6]
         for i, r in enumerate(results[1:]):
             np.testing.assert_array_equal(r.outputs["y"], rows(1, 2 * i))
+
+    run(test, max_delay_s=0.0)
+
+
+def test_after_a_batch_with_a_latency_budget_the_loop_takes_the_next() -> None:
+    async def test(b: Batcher, model: Model) -> None:
+        started, results = await _second_batch_during_a_blocked_loop(b, model, finish_by=soon(60))
+        assert not started  # budgeted requests are shed at the loop's pace: no chaining after them
+        assert [len(x) for x in model.batches] == [1, 6]
+        assert all(isinstance(r, BatchResult) for r in results)
 
     run(test, max_delay_s=0.0)
 
