@@ -1,4 +1,5 @@
-"""Keeps the event loop polling for a moment after the server falls idle, before it sleeps.
+"""Keeps the event loop polling for a moment after the server falls idle, before it sleeps (opt-in:
+settings.idle_spin_us, default 0).
 
 At low load a request reaches a loop asleep in epoll, on a core the system let go idle. On this
 project's virtual machines that wake-up is most of a small request's time: at concurrency 1 on the

@@ -56,11 +56,11 @@ class Settings(BaseSettings):
         "step * target / (1 - target) off",
     )
     idle_spin_us: float = Field(
-        default=500.0,
+        default=0.0,
         ge=0,
         le=100_000,
         description="after an answer leaves the server idle, its event loop polls this long before it "
-        "sleeps, so the next request finds a warm core (service.idle_spin); 0: sleep at once",
+        "sleeps, so the next request finds a warm core (service.idle_spin); 0 (default): sleep at once",
     )
     loop_lag_interval_ms: float = Field(
         default=5.0, gt=0, le=1000, description="how often the event loop's lag is sampled (for shedding)"
