@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from service_helpers import asgi_client, make_settings, sample_inputs
@@ -22,6 +23,16 @@ class Clock:
         return self.now
 
 
+def looked(seen: list[int]) -> Callable[[], bool]:
+    """A busy() that is never busy and counts how often the spin looked (once per turn)."""
+
+    def busy() -> bool:
+        seen.append(1)
+        return False
+
+    return busy
+
+
 async def turns(n: int) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -29,8 +40,8 @@ async def turns(n: int) -> None:
 
 def test_spins_for_its_window_then_stops() -> None:
     async def main() -> None:
-        clock, seen = Clock(), []
-        spin = IdleSpin(0.001, lambda: seen.append(1) is not None, clock)  # busy() never True
+        clock, seen = Clock(), list[int]()
+        spin = IdleSpin(0.001, looked(seen), clock)  # busy() never True
         spin.start()
         spin.poke()
         await turns(20)
@@ -62,8 +73,8 @@ def test_a_request_in_flight_ends_the_spin() -> None:
 
 def test_pokes_while_spinning_extend_one_spin() -> None:
     async def main() -> None:
-        clock, seen = Clock(), []
-        spin = IdleSpin(0.001, lambda: seen.append(1) is not None, clock)
+        clock, seen = Clock(), list[int]()
+        spin = IdleSpin(0.001, looked(seen), clock)
         spin.start()
         spin.poke()
         await turns(5)
