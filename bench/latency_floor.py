@@ -3,9 +3,12 @@
 At concurrency 1 and 8, for each level: circuitserve (the level named in the request), a bare ASGI
 app under the same uvicorn (bench.bare_app: parse, run the same session inline, encode) and raw
 onnxruntime in the bench's process (one session.run of the request's rows; at concurrency 8, of a
-batch of 8, the least a server could do for 8 waiting requests). Rounds interleave the three (this
-machine's speed drifts), and the rounds are pooled. The dial: p50(full) / p50(smallest level) at
-concurrency 1, circuitserve's against raw onnxruntime's.
+batch of 8, the least a server could do for 8 waiting requests). Rounds interleave the three, many
+short ones (ROUNDS of ~1 s a cell), the two servers' order swapped every round: this machine's speed
+drifts by a quarter from one second to the next (the same bare app's p50 read 1.1-1.9 ms in eight
+0.8 s windows), so a few long rounds leave the ratio to chance. The rounds are pooled. The dial:
+p50(full) / p50(smallest level) at concurrency 1, circuitserve's against raw onnxruntime's (and
+the bare app's, the most any HTTP server here shows of it).
 
 The section also records circuitserve's resident memory after the largest legal request
 (max_queue_size rows) ran several times: the figure deploy/k8s's memory request and limit come from.
@@ -33,6 +36,8 @@ from service.runtime import SessionConfig, create_session
 from service.settings import Settings
 
 CONCURRENCIES = (1, 8)
+ROUNDS = 9
+CELL_S = 1.0  # one measurement of one server (or of raw onnxruntime) at one level and concurrency
 LARGEST_REPEATS = 5
 
 
@@ -111,8 +116,8 @@ def run_latency_floor(
     plan: Plan, bundle: Path, manifest: Manifest, examples: np.ndarray, log_dir: Path
 ) -> dict[str, Any]:
     levels = [lv.name for lv in manifest.sorted_levels()]
-    rounds = 1 if plan.quick else 3
-    seconds = plan.load_s / 2
+    rounds = 1 if plan.quick else ROUNDS
+    seconds = min(CELL_S, plan.load_s)
     cells: dict[str, dict[str, dict[str, list[Any]]]] = {
         lv: {str(c): {"circuitserve": [], "bare_asgi": [], "raw": []} for c in CONCURRENCIES} for lv in levels
     }
@@ -124,10 +129,14 @@ def run_latency_floor(
                 for lv in levels:
                     api = circuitserve_api(manifest.name, sparsity_level=lv)
                     cell = cells[lv][str(c)]
-                    cell["circuitserve"].append(closed(ours, api.target(ours, examples), c, _short(plan)))
                     bodies = [json.dumps({"inputs": [x.tolist()]}).encode() for x in examples]
                     path = f"{bare.base_url}/predict/{lv.replace('/', '_')}"
-                    cell["bare_asgi"].append(closed(bare, load.Target(path, bodies), c, _short(plan)))
+                    servers = [
+                        ("circuitserve", ours, api.target(ours, examples)),
+                        ("bare_asgi", bare, load.Target(path, bodies)),
+                    ]
+                    for name, server, target in servers[:: 1 if r % 2 == 0 else -1]:
+                        cell[name].append(closed(server, target, c, _short(plan, seconds)))
                     rows = np.repeat(one, c, axis=0).astype(np.float32)
                     cell["raw"].append(_raw(bundle, manifest, lv, rows, seconds))
         memory = _largest_request_memory(ours, manifest, examples[0])
@@ -146,8 +155,8 @@ def run_latency_floor(
     return out
 
 
-def _short(plan: Plan) -> Plan:
-    return replace(plan, load_s=plan.load_s / 2, warmup_s=min(plan.warmup_s, 0.3))
+def _short(plan: Plan, seconds: float) -> Plan:
+    return replace(plan, load_s=seconds, warmup_s=min(plan.warmup_s, 0.2))
 
 
 def _goals(out: dict[str, Any], levels: list[str]) -> dict[str, Any]:
@@ -158,11 +167,14 @@ def _goals(out: dict[str, Any], levels: list[str]) -> dict[str, Any]:
     vs_bare = {lv: c1[lv]["circuitserve"]["p50_ms"] / c1[lv]["bare_asgi"]["p50_ms"] for lv in c1}
     dial_ours = c1[full]["circuitserve"]["p50_ms"] / c1[small]["circuitserve"]["p50_ms"]
     dial_raw = c1[full]["raw_onnxruntime"]["p50_ms"] / c1[small]["raw_onnxruntime"]["p50_ms"]
+    dial_bare = c1[full]["bare_asgi"]["p50_ms"] / c1[small]["bare_asgi"]["p50_ms"]
     return {
         "p50_vs_bare_at_c1": {lv: round(v, 3) for lv, v in vs_bare.items()},
         "within_1_3x_of_bare": all(v <= 1.3 for v in vs_bare.values()),
         "dial_circuitserve": round(dial_ours, 3),
         "dial_raw_onnxruntime": round(dial_raw, 3),
         "dial_fraction_of_raw": round(dial_ours / dial_raw, 3) if dial_raw > 0 else None,
+        "dial_bare_asgi": round(dial_bare, 3),
+        "dial_bare_fraction_of_raw": round(dial_bare / dial_raw, 3) if dial_raw > 0 else None,
         "dial_at_least_70_percent": dial_raw > 0 and dial_ours / dial_raw >= 0.7,
     }

@@ -343,14 +343,17 @@ def latency_floor(r: dict[str, Any]) -> list[str]:
     return [
         "## 5. Latency floor: one request at low load, per level",
         "",
-        f"{f['rounds']} interleaved rounds. Bare ASGI: bench/bare_app.py under the same uvicorn (parse, run "
-        "the same session inline, encode). Raw onnxruntime: session.run in the bench's process on the "
-        "request's rows (at concurrency 8, a batch of 8).",
+        f"{f['rounds']} interleaved rounds (the two servers' order swapped each round). Bare ASGI: "
+        "bench/bare_app.py under the same uvicorn (parse, run the same session inline, encode). Raw "
+        "onnxruntime: session.run in the bench's process on the request's rows (at concurrency 8, a batch "
+        "of 8).",
         "",
         *table(columns, rows),
         f"p50 at c=1 against the bare app: {g['p50_vs_bare_at_c1']} (goal <= 1.3). The dial, "
         f"p50(full) / p50(smallest) at c=1: circuitserve {g['dial_circuitserve']}, raw onnxruntime "
-        f"{g['dial_raw_onnxruntime']} ({g['dial_fraction_of_raw']} of it; goal >= 0.7).",
+        f"{g['dial_raw_onnxruntime']} ({g['dial_fraction_of_raw']} of it; goal >= 0.7); the bare app "
+        f"{g.get('dial_bare_asgi')} ({g.get('dial_bare_fraction_of_raw')} of it: what an HTTP round trip "
+        "alone leaves of the dial here).",
         "",
         f"Memory: the largest legal request ({m['rows']} rows, {m['body_mb']} MB of JSON) sent "
         f"{m['repeats']} times: server RSS {m['rss_before_mb']} MB before, {m['rss_after_mb']} MB after "

@@ -29,11 +29,13 @@
   `inline_max_s`: at low load the hop to the thread and back costs more than such a small run blocks
   the loop (two thread wake-ups, each waiting for a core on a busy machine: a median ~0.1 ms and a
   p90 of ~2 ms here, and ~0.2 ms more CPU per request, the run itself slower on a cold core).
-  "Nobody else arriving" is looked at, not guessed: the request holds the level for `SETTLE_TURNS`
-  turns of the loop (requests whose bytes are already in reach are read and reach their batcher
-  meanwhile, and queue behind it); if any came, it joins them and the batch runs on the thread, as
-  at high load; if none, it runs inline. Its deadline is checked before it runs; a slow level keeps
-  to its thread. `run_inline` (default: `run`) is what runs it; the server's
+  "Nobody else arriving" is known or looked at, not guessed. Known: the caller says no other request
+  is in flight in the whole server (`only_request`; service.engine counts them), so it runs at once (a
+  request whose bytes are still unread waits behind it, at most one small run). Else the request holds
+  the level for `SETTLE_TURNS` turns of the loop (requests whose bytes are already in reach are read
+  and reach their batcher meanwhile, and queue behind it); if any came, it joins them and the batch
+  runs on the thread, as at high load; if none, it runs inline. Its deadline is checked before it
+  runs; a slow level keeps to its thread. `run_inline` (default: `run`) is what runs it; the server's
   (service.runtime.Watchdog) ends a run that stalls, raising Interrupted: the level then stops
   running inline, and the request's rows run on the thread, so a stall costs the loop a bounded
   pause, once.
@@ -215,6 +217,10 @@ class Batcher:
         self._queue = BatchQueue(max_queue_samples)
         self.running_samples = 0
         self.running_since: float | None = None
+        # (since, samples) of the running batch, in one attribute: the level's thread changes it
+        # while the loop reads (a chained batch), and one read of it is consistent, two reads of
+        # running_since may not be (None by the second)
+        self.running_batch: tuple[float, int] | None = None
         self._running: list[Part] = []
         self._fill_timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -260,10 +266,12 @@ class Batcher:
         priority: int = 0,
         max_wait_s: float | None = None,
         finish_by: float = float("inf"),
+        only_request: bool = False,
     ) -> BatchResult:
         """Queue `rows` (a caller's whole request) and wait for its outputs. On an idle level its
         first batch starts within `max_wait_s` (at most the batcher's max delay), full or not.
-        A batch of it predicted to end after `finish_by` is not run: Shed (503)."""
+        A batch of it predicted to end after `finish_by` is not run: Shed (503). `only_request`: no
+        other request is in flight in the server (an inline run needs no settle turns)."""
         if self._closing:
             raise Unavailable(f"{self.name}: shutting down, not accepting requests")
         n = len(rows)
@@ -273,7 +281,7 @@ class Batcher:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         if self._inline_pays(n, max_wait_s):
-            if await self._alone():
+            if only_request or await self._alone():
                 done = self._inline(rows, deadline, time.monotonic())
                 if done is not None:
                     return done
@@ -357,8 +365,8 @@ class Batcher:
             raise InferenceFailed(f"{self.name}: inference failed: {type(exc).__name__}: {exc}") from exc
         compute = time.perf_counter() - t0
         self._last_compute_s, self._last_rows = compute, len(rows)
-        if self._on_batch is not None:
-            self._on_batch(len(rows), compute)
+        if self._on_batch is not None and self._loop is not None:  # after the answer is written: its
+            self._loop.call_soon(self._on_batch, len(rows), compute)  # statistics wait one turn
         return BatchResult(outputs, 0.0, compute, len(rows))
 
     def _kick(self) -> None:
@@ -399,6 +407,7 @@ class Batcher:
         self._running = parts
         self.running_samples = sum(p.stop - p.start for p in parts)
         self.running_since = start if parts else None
+        self.running_batch = (start, self.running_samples) if parts else None
         for p in parts:
             if p.request.first_start is None:
                 p.request.first_start = start

@@ -40,6 +40,7 @@ class Tracked:
     error_ms: float | None = None  # measured - predicted server time
     budget_met: bool | None = None
     served: ServedLevel | None = None  # the level (of one model version) that took the request
+    policy: str | None = None  # how that level was chosen (service.policy.PolicyName)
 
 
 def _queued(batchers: list[Batcher]) -> int:
@@ -154,6 +155,8 @@ class Engine:
     def record(self, rec: Tracked, outcome: str, elapsed_s: float) -> None:
         """A tracked request's outcome and time, in Prometheus, its level's and the recent stats."""
         self.metrics.observe_request(rec.model, rec.level, outcome, elapsed_s, rec.queue_s)
+        if rec.policy is not None:
+            self.metrics.selected(rec.model, rec.level, rec.policy)
         if rec.error_ms is not None:  # answered (Engine.answered)
             self.metrics.observe_answer(rec.model, rec.error_ms / 1000, rec.budget_met is False)
         if rec.served is not None:
@@ -186,8 +189,7 @@ class Engine:
             finish_by = policy.finish_by(rec.start, latency, model.overhead.value, lag_ms, margin_ms)
         admitted = time.monotonic()
         level = model.level(decision.level)
-        rec.level, rec.served = level.name, level
-        self.metrics.selected(model.name, level.name, decision.policy)
+        rec.level, rec.served, rec.policy = level.name, level, decision.policy
         timeout_ms = self.settings.request_timeout_ms
         if budget.timeout_ms:
             timeout_ms = min(budget.timeout_ms, timeout_ms)
@@ -197,6 +199,7 @@ class Engine:
             priority=budget.priority or self.settings.default_priority,
             max_wait_s=decision.max_wait_ms / 1000,
             finish_by=finish_by,
+            only_request=self.in_flight <= 1,
         )
         rec.queue_s, rec.compute_s = result.queue_s, result.compute_s
         own_ms = (admitted - rec.start) * 1000

@@ -65,10 +65,11 @@ class ServedLevel:
 
     def state(self) -> LevelState:
         b = self.batcher
-        remaining = 0.0
-        if b.running_since is not None:
-            expected = self.correction.ratio * self.profile.predict_ms(b.running_samples)
-            remaining = max(0.0, expected - (time.monotonic() - b.running_since) * 1000)
+        remaining, running = 0.0, b.running_batch  # one read: the level's thread may change it
+        if running is not None:
+            since, samples = running
+            expected = self.correction.ratio * self.profile.predict_ms(samples)
+            remaining = max(0.0, expected - (time.monotonic() - since) * 1000)
         return LevelState(self.profile, self.correction.ratio, b.queued_samples, remaining, b.idle)
 
 

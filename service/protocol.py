@@ -126,13 +126,19 @@ class GuardedHttpTools(HttpToolsProtocol):
             self.timeout_keep_alive_handler()
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url), 0)
-        super().on_url(url)
+        self._head_bytes += len(url)
+        if self._head_bytes > self.max_bytes:
+            self._refuse_head()
+        self.url += url  # uvicorn's on_url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # (the count inline, not a call: three headers a request, on the path of every request)
         # httptools may hand over one header in pieces: a name alone counts as a new field
-        self._count(len(name) + len(value) + 4, 1 if name else 0)
-        super().on_header(name, value)
+        self._head_bytes += len(name) + len(value) + 4
+        self._head_count += 1 if name else 0
+        if self._head_bytes > self.max_bytes or self._head_count > self.max_count:
+            self._refuse_head()
+        HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         self._reading = False  # the timer, if it fires before the next head, finds nothing to do
@@ -150,24 +156,21 @@ class GuardedHttpTools(HttpToolsProtocol):
         scope.setdefault("extensions", {})[BODY_COMPLETE] = True
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a parser error; ours when the error was a limit raised in `_count`."""
+        """uvicorn's answer to a parser error; ours when the error was a limit (`_refuse_head`)."""
         if self._refusal is None:
             super().send_400_response(msg)
             return
         self.transport.write(self._refusal)
         self.transport.close()
 
-    def _count(self, size: int, fields: int) -> None:
-        self._head_bytes += size
-        self._head_count += fields
-        if self._head_bytes > self.max_bytes or self._head_count > self.max_count:
-            self._refusal = plain_response(
-                431,
-                "Request Header Fields Too Large",
-                f"request line and headers over the limit of {self.max_bytes} bytes "
-                f"or {self.max_count} fields",
-            )
-            raise ValueError("header limit")  # the parser stops; uvicorn calls send_400_response
+    def _refuse_head(self) -> None:
+        """The head passed a limit: stop the parser; uvicorn then calls send_400_response."""
+        self._refusal = plain_response(
+            431,
+            "Request Header Fields Too Large",
+            f"request line and headers over the limit of {self.max_bytes} bytes or {self.max_count} fields",
+        )
+        raise ValueError("header limit")
 
     def _arm(self) -> None:
         """A head begins now: its deadline is `timeout_s` from now (a timer only if none is pending)."""

@@ -400,6 +400,25 @@ def test_requests_arriving_while_an_inline_candidate_looks_run_with_it_on_the_th
     run(test, max_delay_s=0.0, inline_max_s=1.0)
 
 
+def test_the_only_request_in_the_server_runs_inline_without_settling() -> None:
+    """`only_request` (nothing else in flight, the engine's count): no settle turns, so a request
+    arriving in the same turn does not join it: it waits for the inline run, then runs on its own
+    (without `only_request` the two would form one batch of 2 on the thread)."""
+
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(1), deadline=soon())  # a fast first batch: the level may run inline
+        threads = on_threads(b)
+        alone = asyncio.create_task(b.submit(rows(1), deadline=soon(), only_request=True))
+        later = asyncio.create_task(b.submit(rows(1, 3), deadline=soon()))
+        first, second = await asyncio.gather(alone, later)
+        assert [len(x) for x in model.batches] == [1, 1, 1]
+        assert threads == ["MainThread", "MainThread"]  # each inline (the second settled: nobody came)
+        assert first.batch_size == second.batch_size == 1
+        np.testing.assert_array_equal(second.outputs["y"], rows(1, 6))
+
+    run(test, max_delay_s=0.0, inline_max_s=1.0)
+
+
 def test_while_a_candidate_looks_no_batch_starts_and_what_came_starts_if_it_goes() -> None:
     async def test(b: Batcher, model: Model) -> None:
         await b.submit(rows(1), deadline=soon())
