@@ -87,8 +87,37 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown cpu"
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far, by kind (/proc/stat's first line, in ticks: user, nice,
+    system, idle, iowait, irq, softirq, steal, ...); None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    return [int(x) for x in first[1:]] if first and first[0] == "cpu" else None
+
+
+STEAL = 7  # /proc/stat's steal column: time a virtual CPU was ready but the hypervisor ran others
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time between two `cpu_times()` that the hypervisor took for other guests
+    (steal): on a shared virtual machine, how much of the run this machine was not this machine's.
+    None if unknown."""
+    if before is None or after is None or len(before) <= STEAL or len(after) <= STEAL:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(spent)
+    return round(spent[STEAL] / total, 3) if total > 0 else None
+
+
 def meta(
-    plan: Plan, started: float, load_before: tuple[float, float, float], seconds: dict[str, float]
+    plan: Plan,
+    started: float,
+    load_before: tuple[float, float, float],
+    seconds: dict[str, float],
+    steal: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -102,6 +131,7 @@ def meta(
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "section_seconds": seconds,
+        "section_steal": steal or {},
         "server_settings": SERVER.as_dict(),
         "overload_choice": plan.overload_choice,
         "durations": {

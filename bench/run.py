@@ -75,14 +75,17 @@ def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def _timed(name: str, seconds: dict[str, float], fn: Callable[[], T]) -> T:
+def _timed(name: str, seconds: dict[str, float], steal: dict[str, float | None], fn: Callable[[], T]) -> T:
+    """Run a section; its wall time into `seconds`, the share of CPU time the hypervisor took
+    meanwhile (report.steal_share) into `steal`."""
     _log(f"{name}...")
-    start = time.monotonic()
+    start, cpu = time.monotonic(), report.cpu_times()
     try:
         return fn()
     finally:
         seconds[name] = round(time.monotonic() - start, 1)
-        _log(f"{name} done in {seconds[name]:.0f} s")
+        steal[name] = report.steal_share(cpu, report.cpu_times())
+        _log(f"{name} done in {seconds[name]:.0f} s (steal {steal[name]})")
 
 
 @dataclass
@@ -144,13 +147,14 @@ def measure(plan: Plan, cache: Path, only: Iterable[str] | None = None) -> dict[
         raise UsageError(f"unknown bench section(s) {unknown}; the sections are {list(SECTIONS)}")
     context = _Context(plan, cache)
     seconds: dict[str, float] = {}
+    steal: dict[str, float | None] = {}
     started = time.time()
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     for name in names:
         section = SECTIONS[name]
-        results.update(_timed(name, seconds, partial(section, context)))
-    return {"meta": report.meta(plan, started, load_before, seconds), **results}
+        results.update(_timed(name, seconds, steal, partial(section, context)))
+    return {"meta": report.meta(plan, started, load_before, seconds, steal), **results}
 
 
 def merge(
@@ -163,6 +167,7 @@ def merge(
     meta = {**previous.get("meta", {}), **fresh["meta"]}
     before = previous.get("meta", {})
     meta["section_seconds"] = {**before.get("section_seconds", {}), **fresh["meta"]["section_seconds"]}
+    meta["section_steal"] = {**before.get("section_steal", {}), **fresh["meta"].get("section_steal", {})}
     runs = list(before.get("runs", []))
     fresh_meta = fresh["meta"]
     sections = list(fresh_meta["section_seconds"])

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from bench import load
+from bench.report import cpu_times, steal_share
 
 
 def test_poisson_schedule_has_the_rate_and_stays_in_the_window() -> None:
@@ -560,3 +561,18 @@ def test_cheap_level_rules_follow_each_family_issue() -> None:
     assert [k for k, _ in nfm.levels(table)] == ["1/8"] and nfm.within == 0.03
     assert [k for k, _ in other.levels(table)] == ["1/4", "1/8"] and other.within == 0.02
     assert "cheapest level within 3 points" in nfm.goal() and "0.25x full's FLOPs within 2" in other.goal()
+
+
+def test_steal_share_is_the_hypervisors_part_of_the_cpu_time_between_two_readings() -> None:
+    before = [100, 0, 50, 800, 0, 0, 0, 50]  # user nice system idle iowait irq softirq steal
+    after = [400, 0, 100, 1100, 0, 0, 0, 150]  # 750 ticks spent, 100 of them stolen
+    assert steal_share(before, after) == round(100 / 750, 3)
+    assert steal_share(before, before) is None and steal_share(None, after) is None
+    now = cpu_times()
+    if Path("/proc/stat").exists():  # Linux: a real reading, and the share of real CPU time
+        assert now is not None and len(now) > 7
+        time.sleep(0.05)
+        share = steal_share(now, cpu_times())
+        assert share is None or 0.0 <= share <= 1.0
+    else:
+        assert now is None
