@@ -23,6 +23,7 @@ from service.idle_spin import IdleSpin
 from service.loop_lag import LoopLag
 from service.metrics import NO_LEVEL, UNKNOWN_MODEL, Metrics
 from service.models import ServedLevel, ServedModel
+from service.policy import Estimate
 from service.settings import Settings
 from service.stats import RecentStats
 
@@ -41,6 +42,12 @@ class Tracked:
     budget_met: bool | None = None
     served: ServedLevel | None = None  # the level (of one model version) that took the request
     policy: str | None = None  # how that level was chosen (service.policy.PolicyName)
+    # what the answer teaches, learnt in `record` (after the write): the model's overhead estimate
+    # and this request's own time on the loop; and, admitted on a latency budget, whether it was met
+    overhead: Estimate | None = None
+    own_ms: float = 0.0
+    margin_budget_ms: float | None = None
+    in_time: bool = False
 
 
 def _queued(batchers: list[Batcher]) -> int:
@@ -153,7 +160,12 @@ class Engine:
         return Tracking(self, Tracked(model=model_name if model_name in self.models else UNKNOWN_MODEL))
 
     def record(self, rec: Tracked, outcome: str, elapsed_s: float) -> None:
-        """A tracked request's outcome and time, in Prometheus, its level's and the recent stats."""
+        """A tracked request's outcome and time, in Prometheus, its level's and the recent stats;
+        and what its answer teaches the overhead estimate and the shedding margin."""
+        if rec.overhead is not None:
+            rec.overhead.observe(rec.own_ms)
+        if rec.margin_budget_ms is not None:
+            self.margin.observe(rec.in_time, rec.margin_budget_ms)
         self.metrics.observe_request(rec.model, rec.level, outcome, elapsed_s, rec.queue_s)
         if rec.policy is not None:
             self.metrics.selected(rec.model, rec.level, rec.policy)
@@ -207,12 +219,12 @@ class Engine:
 
     def answered(self, model: ServedModel, inference: Inference, rec: Tracked) -> Inference:
         """Just before encoding: the measured server time, whether it met the budget, and what the
-        prediction missed by (for `record`, and the online overhead estimate and margin)."""
+        prediction missed by (for `record`, which also teaches the overhead estimate and margin)."""
         now = time.monotonic()
         server_ms = inference.server_ms = (now - rec.start) * 1000
         budget = inference.budget
         # the request's own time on the loop; its waits for the loop are the lag's and the margin's
-        model.overhead.observe(inference.own_ms + (now - inference.resumed) * 1000)
+        rec.overhead, rec.own_ms = model.overhead, inference.own_ms + (now - inference.resumed) * 1000
         error_ms = server_ms - inference.decision.predicted_ms
         rec.error_ms = error_ms
         met: bool | None = None
@@ -223,7 +235,7 @@ class Engine:
             )
             inference.budget_met = rec.budget_met = met
             if latency is not None and self.settings.shed_late:  # admitted on its latency budget
-                self.margin.observe(server_ms <= latency, latency)
+                rec.margin_budget_ms, rec.in_time = latency, server_ms <= latency
         return inference  # its metrics: Engine.record
 
     def choose(

@@ -89,10 +89,12 @@ class ServedModel:
     overhead: Estimate = field(default_factory=new_overhead)
     _by_name: dict[str, ServedLevel] = field(init=False, repr=False)
     output_names: list[str] = field(init=False, repr=False)  # the manifest's, in its order
+    row_shape: tuple[int, ...] = field(init=False, repr=False)  # one example's: the input's less batch
 
     def __post_init__(self) -> None:
         self._by_name = {lv.name: lv for lv in self.levels}
         self.output_names = [o.name for o in self.manifest.outputs]
+        self.row_shape = tuple(self.manifest.input.shape[1:])
 
     @property
     def name(self) -> str:

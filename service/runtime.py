@@ -262,7 +262,8 @@ class LevelRunner:
             raise
         except Exception as exc:
             raise InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}") from exc
-        return {name: np.asarray(v) for name, v in zip(self.output_names, values, strict=True)}
+        # a plain InferenceSession's tensor outputs are numpy arrays already
+        return dict(zip(self.output_names, values, strict=True))
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         rows = len(batch)

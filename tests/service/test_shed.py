@@ -163,7 +163,9 @@ def test_answers_teach_the_margin_and_late_ones_not_the_overhead(
         def answer(age_s: float) -> Inference:
             now = time.monotonic()
             made = Inference(level, budget, decision, result, own_ms=0.2, resumed=now)
-            answered: Inference = engine.answered(model, made, Tracked(start=now - age_s))
+            rec = Tracked(model=manifest.name, start=now - age_s)
+            answered: Inference = engine.answered(model, made, rec)
+            engine.record(rec, "success", age_s)  # what the answer teaches is learnt here
             return answered
 
         assert answer(0.0).budget_met is True
