@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 # ~0.1 ms, a p90 of ~2 ms here beside a training job) and ~0.2 ms more CPU per request (the run on a
 # cold core). 3 ms: the digits full level (0.6-1.1 ms a row here, with spikes past 2 ms) stays
 # inline. Only plain onnxruntime sessions, under a watchdog that ends a run past INLINE_BOUND_S
-# (service.runtime): a run that stalls pauses the loop, its probes and a drain that long, once; the
-# level then keeps to its thread. A session whose run is overridden (a subclass, a fake) is never
-# run inline.
+# (service.runtime): a run that stalls pauses the loop, its probes and a drain that long; the
+# level then keeps to its thread for a while, longer after each stall (service.batcher). A session
+# whose run is overridden (a subclass, a fake) is never run inline.
 INLINE_MAX_S = 0.003
 INLINE_BOUND_S = 0.02
 

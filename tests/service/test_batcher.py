@@ -449,7 +449,11 @@ def test_a_candidate_still_looking_when_the_level_closes_gets_503() -> None:
     run(test, max_delay_s=0.0, inline_max_s=1.0)
 
 
-def test_an_inline_run_the_watchdog_ends_runs_again_on_the_thread_and_inline_stays_off() -> None:
+def test_a_stalled_inline_run_runs_again_on_the_thread_and_inline_pauses_longer_each_time() -> None:
+    """A stalled inline run: its rows run on the thread, and the level keeps to its thread for
+    inline_pause_s, then runs inline again; a second stall keeps it there twice as long."""
+    pause_s = 0.2
+
     async def test(b: Batcher, model: Model) -> None:
         await b.submit(rows(1), deadline=soon())  # times a first, fast batch (on the thread)
         await asyncio.sleep(0.01)
@@ -460,15 +464,28 @@ def test_an_inline_run_the_watchdog_ends_runs_again_on_the_thread_and_inline_sta
             raise Interrupted("inline run ended after 20 ms")
 
         b._run_inline = stalled
+        before = time.monotonic()
         result = await b.submit(rows(1, 4), deadline=soon())
         assert ended == [threading.current_thread().name]  # tried on the loop, once
         np.testing.assert_array_equal(result.outputs["y"], rows(1, 8))  # answered, from the thread
-        assert len(model.batches) == 2 and b.inline_max_s == 0.0
+        assert len(model.batches) == 2 and b.stalls == 1
+        assert before + pause_s <= b.inline_from <= time.monotonic() + pause_s
         await asyncio.sleep(0.01)
+        threads = on_threads(b)
         await b.submit(rows(1), deadline=soon())
-        assert len(ended) == 1 and len(model.batches) == 3  # the level keeps to its thread
+        assert len(ended) == 1 and threads == ["infer-test"]  # within the pause: the level's thread
+        await asyncio.sleep(max(0.0, b.inline_from - time.monotonic()) + 0.01)
+        before = time.monotonic()
+        await b.submit(rows(1), deadline=soon())  # past it: inline again, and it stalls again
+        assert len(ended) == 2 and b.stalls == 2
+        assert before + 2 * pause_s <= b.inline_from <= time.monotonic() + 2 * pause_s  # twice as long
+        b._run_inline = None  # the level recovers: its runs are the model's again
+        await asyncio.sleep(max(0.0, b.inline_from - time.monotonic()) + 0.01)
+        del threads[:]
+        await b.submit(rows(1), deadline=soon())
+        assert threads == [threading.current_thread().name]  # a level that recovers runs inline
 
-    run(test, max_delay_s=0.0, inline_max_s=1.0)
+    run(test, max_delay_s=0.0, inline_max_s=1.0, inline_pause_s=pause_s)
 
 
 def test_a_slow_level_keeps_running_on_its_thread() -> None:
