@@ -36,12 +36,16 @@ class Target:
 
     url: str
     bodies: Sequence[bytes]
+    method: str = "POST"  # "GET": bodies are ignored, no body is sent
 
     def requests(self) -> list[bytes]:
-        """Each body as a whole HTTP/1.1 POST, built once."""
+        """Each body as a whole HTTP/1.1 request, built once."""
         parts = urlsplit(self.url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        head = f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        head = f"{self.method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        if self.method == "GET":
+            return [f"{head}\r\n".encode()]
+        head += "Content-Type: application/json\r\n"
         return [f"{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in self.bodies]
 
 

@@ -316,6 +316,21 @@ def overload(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _http_floor(f: dict[str, Any]) -> list[str]:
+    """The HTTP floor's line, for reports that measured it."""
+    floor, g = f.get("http_floor"), f["goals"]
+    if not floor:
+        return []
+    return [
+        "",
+        f"HTTP floor (the bare app's GET /health at c=1: client, kernel and uvicorn, no parse or "
+        f"compute): p50 {floor['p50_ms']:.3f} ms. A server adding only that to raw onnxruntime's times "
+        f"would show a dial of {g['dial_ceiling_at_http_floor']} ({g['dial_ceiling_fraction_of_raw']} "
+        "of raw's). What the bare app loses below that comes from computing in a server process, which "
+        "sleeps between requests; raw onnxruntime's hot loop never sleeps.",
+    ]
+
+
 def latency_floor(r: dict[str, Any]) -> list[str]:
     f = r.get("latency_floor")
     if not f:
@@ -354,6 +369,7 @@ def latency_floor(r: dict[str, Any]) -> list[str]:
         f"{g['dial_raw_onnxruntime']} ({g['dial_fraction_of_raw']} of it; goal >= 0.7); the bare app "
         f"{g.get('dial_bare_asgi')} ({g.get('dial_bare_fraction_of_raw')} of it: what an HTTP round trip "
         "alone leaves of the dial here).",
+        *_http_floor(f),
         "",
         f"Memory: the largest legal request ({m['rows']} rows, {m['body_mb']} MB of JSON) sent "
         f"{m['repeats']} times: server RSS {m['rss_before_mb']} MB before, {m['rss_after_mb']} MB after "

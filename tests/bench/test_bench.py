@@ -423,6 +423,9 @@ def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -
     assert floor["largest_request"]["statuses"] == [200]
     assert floor["largest_request"]["rss_after_mb"] > 0
     assert set(floor["goals"]) >= {"p50_vs_bare_at_c1", "dial_fraction_of_raw"}
+    assert floor["http_floor"]["error_fraction"] == 0 and floor["http_floor"]["requests"] > 0
+    bare = floor["cells"]["full"]["1"]["bare_asgi"]["p50_ms"]
+    assert 0 < floor["http_floor"]["p50_ms"] < bare  # an answer without parse or compute is cheaper
 
 
 @pytest.mark.slow
