@@ -151,6 +151,7 @@ def run_latency_floor(
                     cell["raw"].append(_raw(bundle, manifest, lv, rows, seconds))
         memory = _largest_request_memory(ours, manifest, examples[0])
     out: dict[str, Any] = {"levels": levels, "rounds": rounds, "cells": {}, "largest_request": memory}
+    out["inline_stalls"] = _inline_stalls(ours.log, manifest.name, levels)
     out["http_floor"] = _pooled(floor)
     for lv in levels:
         out["cells"][lv] = {}
@@ -164,6 +165,14 @@ def run_latency_floor(
             }
     out["goals"] = _goals(out, levels)
     return out
+
+
+def _inline_stalls(log: Path, model: str, levels: list[str]) -> dict[str, int]:
+    """Per level, the inline runs circuitserve's watchdog ended during the section (its log's
+    warnings, service.batcher): each sent that level to its thread for a while, where a lone request
+    costs a thread hop more, so a level's c=1 figures read with them."""
+    text = log.read_text(errors="replace")
+    return {lv: text.count(f"{model}/{lv}: inline run ended") for lv in levels}
 
 
 def _short(plan: Plan, seconds: float) -> Plan:

@@ -331,6 +331,18 @@ def _http_floor(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def _inline_stalls(f: dict[str, Any]) -> list[str]:
+    """The line on inline runs the watchdog ended, for reports that counted them."""
+    stalls = f.get("inline_stalls")
+    if stalls is None:
+        return []
+    return [
+        "",
+        f"Inline runs circuitserve's watchdog ended (a stalled run: the level then runs on its thread, a "
+        f"thread hop more per lone request, for a second or longer): {stalls}.",
+    ]
+
+
 def latency_floor(r: dict[str, Any]) -> list[str]:
     f = r.get("latency_floor")
     if not f:
@@ -370,6 +382,7 @@ def latency_floor(r: dict[str, Any]) -> list[str]:
         f"{g.get('dial_bare_asgi')} ({g.get('dial_bare_fraction_of_raw')} of it: what an HTTP round trip "
         "alone leaves of the dial here).",
         *_http_floor(f),
+        *_inline_stalls(f),
         "",
         f"Memory: the largest legal request ({m['rows']} rows, {m['body_mb']} MB of JSON) sent "
         f"{m['repeats']} times: server RSS {m['rss_before_mb']} MB before, {m['rss_after_mb']} MB after "

@@ -8,7 +8,7 @@ registered model family per level, over seeds, ranked against random unit order)
 (`serve --workers 2` against 1 worker and against LitServe's multi-process layouts), perf_analyzer
 (Triton's load generator against circuitserve: an independent measure beside our own generator's).
 Trained models and bundles are cached under bench/out/ (see bench/build.py); server logs go to
-bench/out/logs/.
+bench/out/logs/SECTION/.
 """
 
 from __future__ import annotations
@@ -94,11 +94,12 @@ class _Context:
 
     plan: Plan
     cache: Path
+    section: str = ""  # the one running: each keeps its servers' logs apart (a later one reuses names)
     _bundles: dict[str, tuple[Path, Manifest]] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
-        return self.cache / "logs"
+        return self.cache / "logs" / self.section
 
     def bundle(self, which: str) -> tuple[Path, Manifest, np.ndarray]:
         """`which` is "small" (the served digits default) or "large" (the overload model)."""
@@ -153,6 +154,7 @@ def measure(plan: Plan, cache: Path, only: Iterable[str] | None = None) -> dict[
     results: dict[str, Any] = {}
     for name in names:
         section = SECTIONS[name]
+        context.section = name
         results.update(_timed(name, seconds, steal, partial(section, context)))
     return {"meta": report.meta(plan, started, load_before, seconds, steal), **results}
 

@@ -426,6 +426,40 @@ def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -
     assert floor["http_floor"]["error_fraction"] == 0 and floor["http_floor"]["requests"] > 0
     bare = floor["cells"]["full"]["1"]["bare_asgi"]["p50_ms"]
     assert 0 < floor["http_floor"]["p50_ms"] < bare  # an answer without parse or compute is cheaper
+    assert set(floor["inline_stalls"]) == set(floor["levels"])
+    assert all(isinstance(n, int) and n >= 0 for n in floor["inline_stalls"].values())
+
+
+def test_latency_floor_counts_inline_stalls_from_the_batchers_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The section reads the watchdog's ends of inline runs, per level, off the server's log: the
+    warning service.batcher writes, not a copy of its wording."""
+    from bench.latency_floor import _inline_stalls
+    from service.batcher import Batcher
+    from service.runtime import Interrupted
+
+    def stalled(x: np.ndarray) -> dict[str, np.ndarray]:
+        raise Interrupted("inline run ended after 20 ms")
+
+    async def main() -> None:
+        b = Batcher(
+            lambda x: {"y": x}, name="digits/1/8", max_batch_size=8, max_delay_s=0.0,
+            max_queue_samples=64, inline_max_s=1.0, run_inline=stalled,
+        )  # fmt: skip
+        b.start()
+        try:
+            rows, deadline = np.ones((1, 2), np.float32), time.monotonic() + 5
+            await b.submit(rows, deadline=deadline)  # times a first batch, on the thread
+            await b.submit(rows, deadline=deadline)  # inline: the watchdog "ends" it
+        finally:
+            await b.close()
+
+    with caplog.at_level("WARNING", logger="service.batcher"):
+        asyncio.run(main())
+    log = tmp_path / "circuitserve.log"
+    log.write_text(caplog.text)
+    assert _inline_stalls(log, "digits", ["full", "1/8"]) == {"full": 0, "1/8": 1}
 
 
 @pytest.mark.slow

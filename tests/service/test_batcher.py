@@ -488,6 +488,32 @@ def test_a_stalled_inline_run_runs_again_on_the_thread_and_inline_pauses_longer_
     run(test, max_delay_s=0.0, inline_max_s=1.0, inline_pause_s=pause_s)
 
 
+def test_a_stall_after_a_clean_stretch_pauses_inline_runs_only_inline_pause_s_again() -> None:
+    """Stalls soon after each other double the pause; one that comes after a clean stretch as long
+    as the last pause, after it ended, is a first stall again (the machine's occasional pauses do
+    not add up over the process's life)."""
+    pause_s = 0.05
+
+    async def test(b: Batcher, model: Model) -> None:
+        await b.submit(rows(1), deadline=soon())  # times a first, fast batch (on the thread)
+
+        def stalled(x: np.ndarray) -> dict[str, np.ndarray]:
+            raise Interrupted("inline run ended after 20 ms")
+
+        b._run_inline = stalled
+        pauses = []
+        for wait_after_pause_s in (0.005, 0.005, 4 * 2 * pause_s + 0.02):
+            await asyncio.sleep(max(0.0, b.inline_from - time.monotonic()) + wait_after_pause_s)
+            before = time.monotonic()
+            await b.submit(rows(1), deadline=soon())  # inline: it stalls, and runs on the thread
+            pauses.append(b.inline_from - before)
+        assert b.stalls == 3
+        assert pause_s <= pauses[0] < 1.5 * pause_s and 2 * pause_s <= pauses[1] < 3 * pause_s
+        assert pause_s <= pauses[2] < 1.5 * pause_s  # after 4 x the last pause clean: the first again
+
+    run(test, max_delay_s=0.0, inline_max_s=1.0, inline_pause_s=pause_s)
+
+
 def test_a_slow_level_keeps_running_on_its_thread() -> None:
     async def test(b: Batcher, model: Model) -> None:
         await b.submit(rows(1), deadline=soon())  # 20 ms: over the inline limit
