@@ -30,8 +30,8 @@
   the loop (two thread wake-ups, each waiting for a core on a busy machine: a median ~0.1 ms and a
   p90 of ~2 ms here, and ~0.2 ms more CPU per request, the run itself slower on a cold core).
   "Nobody else arriving" is known or looked at, not guessed. Known: the caller says no other request
-  is in flight in the whole server (`only_request`; service.engine counts them), so it runs at once (a
-  request whose bytes are still unread waits behind it, at most one small run). Else the request holds
+  is in flight in the whole server, nor can be on its way (`only_request`; service.engine: one
+  request in flight, one open connection), so it runs at once. Else the request holds
   the level for `SETTLE_TURNS` turns of the loop (requests whose bytes are already in reach are read
   and reach their batcher meanwhile, and queue behind it); if any came, it joins them and the batch
   runs on the thread, as at high load; if none, it runs inline. Its deadline is checked before it

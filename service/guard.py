@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import docs, errors, logs
 from service.content_encoding import Decoder
 from service.engine import Engine
-from service.protocol import BODY_COMPLETE, READ_BEGAN, write_response
+from service.protocol import BODY_COMPLETE, CONNECTIONS, READ_BEGAN, write_response
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ class Guard:
             message = f"too many requests in flight (limit {limit}); retry later"
             await exchange.refuse(429, message, {"Retry-After": "1"})
             return
+        if self.engine.connections is None:  # the server's set, the same for every request
+            self.engine.connections = scope.get("extensions", {}).get(CONNECTIONS)
         self.engine.in_flight += 1
         try:
             protocol = "native" if inference["native"] else "v2"

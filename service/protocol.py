@@ -9,7 +9,9 @@ connection forever, and one that sends 1 MB header lines or 10,000 headers is se
   fields, get 431 and the connection closes;
 - the time the request began goes to the app as `scope["extensions"][READ_BEGAN]` (event-loop
   time), so service.guard holds the body to the same deadline: one deadline for head and body;
-  `scope["extensions"][BODY_COMPLETE]` says the whole body is in already (no deadline to arm).
+  `scope["extensions"][BODY_COMPLETE]` says the whole body is in already (no deadline to arm);
+  `scope["extensions"][CONNECTIONS]` is the server's set of open connections (uvicorn's), so the
+  engine knows when a request is the only one that can be in flight (service.batcher's inline run);
 - a response's head goes out with its body in one write (`OneWrite`), where uvicorn writes them
   apart: two sends, two segments, and a client woken twice per answer (its read of the head alone
   finds no body and waits again). Measured at concurrency 1 on 2 cores: sending an answer took a
@@ -42,6 +44,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 READ_BEGAN = "circuitserve.read_began"
 BODY_COMPLETE = "circuitserve.body_complete"  # the whole body is in: service.guard reads it at once
+CONNECTIONS = "circuitserve.connections"  # the server's open connections (the same set every request)
 
 
 def plain_response(status: int, reason: str, text: str) -> bytes:
@@ -145,7 +148,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]
-        scope.setdefault("extensions", {})[READ_BEGAN] = self._began
+        extensions = scope.setdefault("extensions", {})
+        extensions[READ_BEGAN], extensions[CONNECTIONS] = self._began, self.server_state.connections
         cycle = self.cycle
         if cycle is not None and cycle is not before:  # a request (not an upgrade): its own transport view
             cycle.transport = OneWrite(self.transport, cycle, self.loop)  # type: ignore[assignment]

@@ -9,7 +9,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from service.protocol import BODY_COMPLETE, guarded_protocol, write_response
+from service.protocol import BODY_COMPLETE, CONNECTIONS, guarded_protocol, write_response
 from service.settings import Settings
 
 REQUEST = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
@@ -111,6 +111,20 @@ def test_a_body_in_with_the_head_is_marked_complete_for_the_guard() -> None:
     assert scopes[0]["extensions"][BODY_COMPLETE] is True
     _, partial = serve_one(plain, REQUEST[:-1])  # one byte of the body still to come
     assert BODY_COMPLETE not in partial[0].get("extensions", {})
+
+
+def test_a_request_carries_the_servers_open_connections_for_the_engine() -> None:
+    """The set of the server's open connections (uvicorn's), live: the engine reads how many are
+    open when it decides whether a request can be the only one in flight."""
+    seen: list[int] = []
+
+    async def counting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(len(scope["extensions"][CONNECTIONS]))
+        await plain(scope, receive, send)
+
+    _, scopes = serve_one(counting)
+    assert seen == [1]  # this connection, open while its request ran
+    assert len(scopes[0]["extensions"][CONNECTIONS]) == 0  # closed since: the same set, live
 
 
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"2"), (b"x-request-id", b"r1")]
