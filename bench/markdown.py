@@ -215,7 +215,15 @@ def peers(r: dict[str, Any]) -> list[str]:
         "what is queued. Each is asked in its own format (Triton: KServe v2 JSON) by the same load "
         f"generator. {p['rounds']} interleaved round(s) (peer, circuitserve, next peer, circuitserve), one "
         "server running at a time; figures are medians over the rounds, ratio = circuitserve / peer per "
-        "pair.",
+        "pair."
+        + (
+            f" circuitserve runs {p['level_instances']} batchers per level (`level_instances`: inference "
+            "threads side by side over the level's one session); LitServe, BentoML and Triton run one "
+            "model instance each (LitServe with workers_per_device=2 answers fewer requests than with 1: "
+            "section 6)."
+            if p.get("level_instances", 1) > 1
+            else ""
+        ),
         "",
     ]
     for name in PEER_NAMES:
@@ -459,12 +467,18 @@ def workers(r: dict[str, Any]) -> list[str]:
         f"Model {w['model']}, full level, concurrency {w['concurrency']}, {w['rounds']} round(s) of every "
         f"layout in turn, one server at a time; medians over the rounds. circuitserve `serve --workers "
         f"{w['workers']}` is one supervisor and {w['workers']} worker processes on one port (SO_REUSEPORT), "
-        f"{w['intra_op_threads']} onnxruntime thread(s) per session; LitServe with num_api_servers="
-        f"{w['workers']} (one instance), and as {w['workers']} instances with the connections split "
-        "between them.",
+        f"{w['intra_op_threads']} onnxruntime thread(s) per session; `level_instances={w['workers']}` is one "
+        f"process with {w['workers']} batchers (inference threads) per level over its one session. LitServe "
+        f"with num_api_servers={w['workers']} (one instance), with workers_per_device={w['workers']}, and as "
+        f"{w['workers']} instances with the connections split between them.",
         "",
         *table(columns, [(k, x) for k, x in w["layouts"].items()]),
         f"{w['workers']} workers against 1: {w['speedup']:.2f}x the throughput; {against}",
+        *(
+            [f"{w['workers']} level instances in one process against 1: {w['instances_speedup']:.2f}x."]
+            if "instances_speedup" in w
+            else []
+        ),
         "",
     ]
 

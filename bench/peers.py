@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.measure import Api, circuitserve_api, closed, our_server, summary
+from bench.measure import Api, circuitserve_api, closed, summary
 from bench.peer_launch import PEERS, Launcher, Peer, launcher
 from bench.peer_setup import PEERS_VENV, ensure, is_set_up
 from bench.plan import SERVER, Plan
-from bench.servers import ServerError
+from bench.servers import ServerError, circuitserve
 from export.manifest import Manifest
 
 PYTHON_ENV = "CIRCUITSERVE_BENCH_PEERS_PYTHON"  # LitServe's and BentoML's Python; "none" skips the peers
@@ -42,6 +42,11 @@ class PeerDown(Exception):
 
 Figures = dict[str, float]  # one closed-loop run (bench.measure.summary)
 Pair = tuple[dict[int, Figures], dict[int, Figures]]  # (peer, circuitserve) figures by concurrency
+
+# circuitserve's batchers per level here (service.instances): with one onnxruntime thread a session,
+# one level's thread is busy at concurrency 64 while a core waits. LitServe's own instances
+# (workers_per_device=2) answer fewer requests than one (the workers section), so it keeps one.
+LEVEL_INSTANCES = 2
 
 
 def installed(python: Path | None, module: str) -> bool:
@@ -124,6 +129,7 @@ def run_peers(
         "max_batch_size": SERVER.max_batch_size,
         "batch_delay_ms": SERVER.max_queue_delay_ms,
         "intra_op_threads": SERVER.intra_op_threads,
+        "level_instances": LEVEL_INSTANCES,
     }
     active: list[Peer] = []
     pythons: dict[str, Path] = {}
@@ -151,7 +157,8 @@ def run_peers(
             )
         except ServerError as exc:
             raise PeerDown(str(exc)) from exc
-        ours = lambda folder: our_server(bundle, folder)  # noqa: E731
+        settings = {**SERVER.as_dict(), "level_instances": LEVEL_INSTANCES}
+        ours = lambda folder: circuitserve([bundle], folder, **settings)  # noqa: E731
         our_api = circuitserve_api(manifest.name)
         return theirs, _measure(ours, our_api, examples, plan, log_dir, concurrencies, replicas)
 

@@ -1,8 +1,9 @@
-"""`serve --workers N` on this machine (issue 19): circuitserve as 1 worker against 2 workers, and 2
-workers against LitServe in its multi-process layouts (num_api_servers=2 in one instance; 2
-instances, the generator's connections split between them), all on the small digits model at the
-top concurrency. Every layout runs once per round, in the same order each round, one server at a
-time; figures are medians over the rounds, ratios medians of each round's ratio."""
+"""`serve --workers N` on this machine (issue 19): circuitserve as 1 worker against 2 workers (and
+one worker with 2 batchers per level, `level_instances`), and 2 workers against LitServe in its
+multi-process layouts (num_api_servers=2 in one instance; workers_per_device=2; 2 instances, the
+generator's connections split between them), all on the small digits model at the top concurrency.
+Every layout runs once per round, in the same order each round, one server at a time; figures are
+medians over the rounds, ratios medians of each round's ratio."""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ WORKERS = 2
 SKIPPED = "skipped: no LitServe to compare with"
 
 
-def _litserve_api_servers(python: Path, onnx: Path, cache: Path, api_servers: int) -> Launcher:
+def _litserve(python: Path, onnx: Path, cache: Path, setting: str, value: int) -> Launcher:
+    """LitServe with one of its layout settings (litserve_app.py's BENCH_API_SERVERS, BENCH_INSTANCES)."""
+
     @contextmanager
     def start(log_dir: Path) -> Iterator[Server]:
         port = free_port()
-        env = {**peer_env(onnx, cache), "BENCH_API_SERVERS": str(api_servers)}
+        env = {**peer_env(onnx, cache), setting: str(value)}
         cmd = [str(python), str(PEERS_DIR / "litserve_app.py"), str(port)]
         with process("litserve", cmd, port=port, health_path="/health", log_dir=log_dir, env=env,
                      cwd=PEERS_DIR) as server:  # fmt: skip
@@ -58,6 +61,11 @@ def run_workers(
             ours,
             1,
         ),
+        f"circuitserve_{WORKERS}_level_instances": (  # one process, two batchers per level
+            lambda d: circuitserve([bundle], d, **SERVER.as_dict(), level_instances=WORKERS),
+            ours,
+            1,
+        ),
     }
     lit = next(p for p in PEERS if p.name == "litserve")
     found = peer_python(lit, cache, download=plan.set_up_peers)  # the peers section sets it up
@@ -66,7 +74,12 @@ def run_workers(
     if python is not None:
         onnx = bundle / manifest.sorted_levels()[0].file
         layouts[f"litserve_{WORKERS}_api_servers"] = (
-            _litserve_api_servers(python, onnx, cache, WORKERS),
+            _litserve(python, onnx, cache, "BENCH_API_SERVERS", WORKERS),
+            LITSERVE,
+            1,
+        )
+        layouts[f"litserve_{WORKERS}_inference_workers"] = (  # workers_per_device: LitServe's instances
+            _litserve(python, onnx, cache, "BENCH_INSTANCES", WORKERS),
             LITSERVE,
             1,
         )
@@ -93,6 +106,7 @@ def run_workers(
     }
     one, two = runs["circuitserve_1_worker"], runs[f"circuitserve_{WORKERS}_workers"]
     out["speedup"] = _ratio(two, one)
+    out["instances_speedup"] = _ratio(runs[f"circuitserve_{WORKERS}_level_instances"], one)
     peers = {n: r for n, r in runs.items() if n.startswith("litserve") and n not in failed and r}
     if not peers:
         out["versus_litserve"] = {"status": peer_status if peer_status != "ok" else "failed: " + str(failed)}

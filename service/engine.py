@@ -17,10 +17,11 @@ from functools import partial
 import numpy as np
 
 from service import policy
-from service.batcher import Batcher, BatchResult
+from service.batcher import BatchResult
 from service.budget import Budget
 from service.errors import NotFound, Shed, Unavailable, outcome_of
 from service.idle_spin import IdleSpin
+from service.instances import Instances
 from service.loop_lag import LoopLag
 from service.metrics import NO_LEVEL, UNKNOWN_MODEL, Metrics
 from service.models import ServedLevel, ServedModel
@@ -51,7 +52,7 @@ class Tracked:
     in_time: bool = False
 
 
-def _queued(batchers: list[Batcher]) -> int:
+def _queued(batchers: list[Instances]) -> int:
     return sum(b.queued_samples for b in batchers)
 
 
@@ -308,7 +309,7 @@ class Engine:
         timeout_s = self.drain_left_s() if timeout_s is None else timeout_s
         await asyncio.gather(*(b.close(timeout_s) for b in self._batchers()))
 
-    def _batchers(self) -> list[Batcher]:
+    def _batchers(self) -> list[Instances]:
         served = {id(m): m for m in self.models.values()}
         served.update((id(m), m) for vs in self.versions.values() for m in vs.values())
         return [lv.batcher for m in served.values() for lv in m.levels]

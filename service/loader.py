@@ -20,6 +20,7 @@ from export.manifest import Level, Manifest, load_bundle
 from service import runtime
 from service.batcher import Batcher
 from service.errors import ServiceError
+from service.instances import Instances, share
 from service.metrics import Metrics
 from service.models import ServedLevel, ServedModel, new_overhead, profile_of
 from service.policy import Correction, Estimate, retry_after_s
@@ -211,22 +212,27 @@ def _served_level(
         served.stats.batch(samples, compute_s)
         metrics.observe_batch(model, level.name, samples, compute_s)
 
-    batcher = Batcher(
-        runner,
-        name=f"{model}/{level.name}",
-        max_batch_size=settings.max_batch_size,
-        max_delay_s=settings.max_queue_delay_ms / 1000,
-        max_queue_samples=settings.max_queue_size,
-        on_batch=on_batch,
-        retry_after=lambda: retry_after_s(served.state(), settings.max_batch_size),
-        max_overrun_s=settings.request_timeout_ms / 1000,
-        inline_max_s=INLINE_MAX_S if runner.inline is not None else 0.0,
-        run_inline=runner.inline,
-        cost_s=lambda n: served.correction.ratio * served.profile.predict_ms(n) / 1000,
-        loop_cost_s=lambda: overhead.value / 1000,
-    )
-    served = ServedLevel(level, runner, batcher, profile_of(level, runner.provider))
-    metrics.add_level(model, level.name, lambda: batcher.queued_samples)
+    count = settings.level_instances
+    batchers = [
+        Batcher(
+            runner,
+            name=f"{model}/{level.name}" + (f"#{i}" if count > 1 else ""),
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_queue_delay_ms / 1000,
+            max_queue_samples=share(settings.max_queue_size, count),
+            on_batch=on_batch,
+            retry_after=lambda: retry_after_s(served.state(), settings.max_batch_size),
+            max_overrun_s=settings.request_timeout_ms / 1000,
+            inline_max_s=INLINE_MAX_S if runner.inline is not None else 0.0,
+            run_inline=runner.inline,
+            cost_s=lambda n: served.correction.ratio * served.profile.predict_ms(n) / 1000,
+            loop_cost_s=lambda: overhead.value / 1000,
+        )
+        for i in range(count)
+    ]
+    instances = Instances(batchers)
+    served = ServedLevel(level, runner, instances, profile_of(level, runner.provider))
+    metrics.add_level(model, level.name, lambda: instances.queued_samples)
     return served
 
 

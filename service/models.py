@@ -12,8 +12,8 @@ import numpy as np
 
 from export.manifest import CPU_PROVIDER, Level, Manifest
 from model import levels
-from service.batcher import Batcher
 from service.errors import BadRequest, NotFound
+from service.instances import Instances
 from service.model_stats import LevelStats
 from service.policy import Correction, Estimate, LevelProfile, LevelState
 from service.runtime import LevelRunner
@@ -52,7 +52,7 @@ def profile_of(level: Level, provider: str = CPU_PROVIDER) -> LevelProfile:
 class ServedLevel:
     level: Level
     runner: LevelRunner
-    batcher: Batcher
+    batcher: Instances  # one batcher per instance (service.instances): one by default
     profile: LevelProfile
     correction: Correction = field(default_factory=Correction)
     stats: LevelStats = field(default_factory=LevelStats)  # GET /v2/models/stats (service.model_stats)
@@ -65,7 +65,7 @@ class ServedLevel:
         self.correction.observe_compute(self.profile.predict_ms(samples), compute_s * 1000)
 
     def state(self) -> LevelState:
-        b = self.batcher
+        b = self.batcher.next()  # what waits ahead of a request arriving now is its instance's
         remaining, running = 0.0, b.running_batch  # one read: the level's thread may change it
         if running is not None:
             since, samples = running

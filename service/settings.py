@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         default=None, ge=1, description="onnxruntime threads per session; None = as profiled in the manifest"
     )
     inter_op_threads: int = Field(default=1, ge=1)
+    level_instances: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="batchers per level over its one session, each with its own inference thread "
+        "(Triton's instance_group count; service.instances): batches of a level run side by side",
+    )
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     batch_buckets: bool | None = Field(
         default=None,

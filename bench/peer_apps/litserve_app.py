@@ -3,7 +3,8 @@
 Run by the bench with the peers' Python: `python litserve_app.py PORT`; settings in BENCH_* variables
 (see common.py). Request: {"input": <one example, nested>}; answer: {"class_index", "probabilities"}.
 One inference worker and one API server process: the machine has 2 cores, as for circuitserve;
-BENCH_API_SERVERS sets LitServe's num_api_servers (the workers section runs it with 2)."""
+BENCH_API_SERVERS sets LitServe's num_api_servers, BENCH_INSTANCES its workers_per_device (the workers
+section runs each with 2)."""
 
 import os
 import sys
@@ -32,7 +33,8 @@ def main() -> None:
     port = int(sys.argv[1])
     api = OnnxAPI(max_batch_size=int(setting(BATCH_ENV)), batch_timeout=float(setting(DELAY_ENV)) / 1000)
     # fast_queue: ZeroMQ between the API server and the worker, LitServe's advice above ~100 requests/s
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, fast_queue=True)
+    workers = int(os.environ.get("BENCH_INSTANCES", "1"))  # inference worker processes
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=workers, fast_queue=True)
     server.run(
         host="127.0.0.1",
         port=port,

@@ -7,6 +7,7 @@ import time
 from typing import Any, cast
 
 from service.batcher import Batcher
+from service.instances import Instances
 from service.models import ServedLevel
 from service.policy import LevelProfile
 
@@ -21,7 +22,7 @@ def test_the_state_of_a_running_level_comes_from_one_read_of_its_batch() -> None
             lambda x: {"y": x}, name="t", max_batch_size=8, max_delay_s=0.0, max_queue_samples=64
         )
         profile = LevelProfile("full", 1.0, 0.9, ((1, 10.0), (8, 40.0)))
-        level = ServedLevel(cast(Any, None), cast(Any, None), batcher, profile)
+        level = ServedLevel(cast(Any, None), cast(Any, None), Instances([batcher]), profile)
         try:
             assert level.state().running_remaining_ms == 0.0  # idle
             # the moment in question: the thread has cleared running_since, the batch was read whole
