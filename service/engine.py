@@ -210,7 +210,7 @@ class Engine:
         timeout_ms = self.settings.request_timeout_ms
         if budget.timeout_ms:
             timeout_ms = min(budget.timeout_ms, timeout_ms)
-        result = await level.batcher.submit(
+        result = await level.batcher.next().submit(  # the instance it starts soonest on, picked now
             rows,
             deadline=rec.start + timeout_ms / 1000,
             priority=budget.priority or self.settings.default_priority,

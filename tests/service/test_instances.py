@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from export.manifest import Manifest
 from service.batcher import Batcher
 from service.errors import Unavailable
 from service.instances import Instances, share
-from tests.service.test_batcher import rows, soon
+
+
+def rows(n: int, value: float = 1.0) -> np.ndarray:
+    return np.full((n, 2), value, dtype=np.float32)
+
+
+def soon(s: float = 5.0) -> float:
+    return time.monotonic() + s
 
 
 class Held:
