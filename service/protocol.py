@@ -221,14 +221,16 @@ class OneWrite:
         if self._held is not None:
             data, self._held = self._held + data, None
         elif not self._started and self._cycle.response_started:  # uvicorn's write of the head
-            self._started, self._held = True, data
+            # the cycle holds this view as its transport: let go of it once it is no longer needed,
+            # so a request's objects go by reference counting, not a cyclic collection per request
+            self._started, self._held, self._cycle = True, data, None
             self._loop.call_soon(self.flush)
             return
         self._transport.write(data)
 
     def write_whole(self, data: bytes) -> None:
         """A whole response (service.protocol.write_response): written at once, nothing held."""
-        self._started = True
+        self._started, self._cycle = True, None
         self._transport.write(data)
 
     def flush(self) -> None:

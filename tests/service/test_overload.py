@@ -25,9 +25,11 @@ CLIENTS = 96
 LOAD_S = 8.0
 WARM_S = 2.0  # memory is measured from the end of this first part of the load
 BATCH_MS = 20
-# bytes, from the end of the warm-up to the end (~20k requests here): the recent-stats window grows by
-# ~130 B a request (bounded: service.stats); a leak of ~1 KB per request fails this
-MAX_RSS_GROWTH = 16 << 20
+# bytes, from the end of the warm-up to the end (20k-90k requests, by machine): nothing a request
+# leaves may grow with the traffic (the recent-stats window is allocated at start: service.stats;
+# measured +4.4 MiB over 92k requests); a leak of ~200 bytes a request fails this on a fast machine,
+# of ~1 KB on a slow one
+MAX_RSS_GROWTH = 8 << 20
 SETTINGS: dict[str, Any] = {
     "max_batch_size": 4,
     "max_queue_size": 32,
