@@ -3,6 +3,7 @@ prediction error and the fraction of budgeted answers that met their budget."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from array import array
@@ -12,17 +13,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 WINDOWS_S = (10, 60)
+SUCCESS = "success"  # the outcome of an answered request (service.errors.outcome_of)
 
 
-class _Event(NamedTuple):  # a tuple: built on the path of every request, cheaper than a dataclass
-    at: float
-    model: str
-    level: str
-    outcome: str
-    samples: int
-    latency_s: float
-    error_ms: float | None  # measured - predicted server time
-    budget_met: bool | None  # None: no budget given
+class Answered(NamedTuple):
+    """A window's successful requests, a column a field, oldest first."""
+
+    model: np.ndarray  # of str
+    level: np.ndarray  # of str
+    samples: np.ndarray  # int64
+    latency_s: np.ndarray
+    error_ms: np.ndarray  # measured - predicted server time; NaN: none
+    budget_met: np.ndarray  # int8: 1 met, 0 missed, -1 no budget given
 
 
 class RecentStats:
@@ -65,45 +67,53 @@ class RecentStats:
         self._next = i + 1 if i + 1 < self.max_events else 0
         self._count = min(self._count + 1, self.max_events)
 
-    def _recent(self, now: float, window_s: float) -> list[_Event]:
-        """The events of the last `window_s` seconds (within the horizon), oldest first."""
-        since = now - min(window_s, self.horizon_s)
-        out = []
-        for k in range(self._count):  # newest first, back to the first one too old
-            i = (self._next - 1 - k) % self.max_events
-            if self._at[i] < since:
-                break
-            error, met = self._error_ms[i], self._met[i]
-            out.append(
-                _Event(
-                    self._at[i],
-                    self._model[i],
-                    self._level[i],
-                    self._outcome[i],
-                    self._samples[i],
-                    self._latency_s[i],
-                    None if math.isnan(error) else error,
-                    None if met < 0 else bool(met),
-                )
-            )
-        out.reverse()
-        return out
+    def _window(self, now: float, window_s: float) -> tuple[list[str], Answered]:
+        """The outcomes of the last `window_s` seconds' requests (within the horizon), and those
+        that succeeded: times only grow, so the window's first event is found by bisection and
+        the rest taken as slices, with no object made per event."""
+        n, i = self._count, self._next
 
-    def windows(self) -> tuple[float, list[tuple[str, dict[str, Any], list[_Event]]]]:
+        def in_order(values: Any) -> Any:  # the ring's slots, oldest first
+            return values[i:] + values[:i] if n == self.max_events else values[:n]
+
+        first = bisect.bisect_left(in_order(self._at), now - min(window_s, self.horizon_s))
+
+        def part(values: Any) -> Any:  # the window's slots, oldest first
+            return in_order(values)[first:]
+
+        outcomes: list[str] = part(self._outcome)
+        ok = np.flatnonzero(np.fromiter((o == SUCCESS for o in outcomes), bool, len(outcomes)))
+
+        def column(values: Any, dtype: Any) -> np.ndarray:
+            return np.frombuffer(part(values), dtype)[ok] if len(ok) else np.empty(0, dtype)
+
+        def names(values: list[str]) -> np.ndarray:
+            return np.asarray(part(values), dtype=object)[ok]
+
+        answered = Answered(
+            names(self._model),
+            names(self._level),
+            column(self._samples, np.int64),
+            column(self._latency_s, np.float64),
+            column(self._error_ms, np.float64),
+            column(self._met, np.int8),
+        )
+        return outcomes, answered
+
+    def windows(self) -> tuple[float, list[tuple[str, dict[str, Any], Answered]]]:
         """(uptime, per window: its name, the counts every stats body shares, and its successful
         requests): what the single-process snapshot and a worker's mergeable partial build on."""
         now = time.monotonic()
         uptime = now - self.started
         out = []
         for w in WINDOWS_S:
-            events = self._recent(now, w)
-            ok = [e for e in events if e.outcome == "success"]
+            outcomes, ok = self._window(now, w)
             span = max(min(w, uptime), 1e-9)
             counts = {
-                "requests": len(events),
-                "requests_per_s": len(events) / span,
-                "samples_per_s": sum(e.samples for e in ok) / span,
-                "outcomes": dict(Counter(e.outcome for e in events)),
+                "requests": len(outcomes),
+                "requests_per_s": len(outcomes) / span,
+                "samples_per_s": int(ok.samples.sum()) / span,
+                "outcomes": dict(Counter(outcomes)),
             }
             out.append((f"{w}s", counts, ok))
         return uptime, out
@@ -112,9 +122,9 @@ class RecentStats:
         uptime, per_window = self.windows()
         windows = {}
         for name, counts, ok in per_window:
-            latencies = np.array([e.latency_s * 1000 for e in ok])
-            errors = np.array([e.error_ms for e in ok if e.error_ms is not None])
-            budgeted = [e.budget_met for e in ok if e.budget_met is not None]
+            latencies = ok.latency_s * 1000
+            errors = predicted_errors(ok)
+            budgeted = ok.budget_met[ok.budget_met >= 0]
             windows[name] = {
                 **counts,
                 "latency_ms": {
@@ -125,14 +135,25 @@ class RecentStats:
                 "prediction_error_ms": {  # measured - predicted server time
                     f"p{q}": (float(np.percentile(errors, q)) if len(errors) else None) for q in (1, 50, 99)
                 },
-                "budget_met_fraction": (sum(budgeted) / len(budgeted)) if budgeted else None,
+                "budget_met_fraction": float(budgeted.mean()) if len(budgeted) else None,
             }
         return {"uptime_s": uptime, "windows": windows, "queue_depth": queue_depth}
 
 
-def _mix(events: list[_Event]) -> dict[str, dict[str, float]]:
-    """Per model, the fraction of successful requests each level served."""
+def predicted_errors(ok: Answered) -> np.ndarray:
+    """The prediction errors of the answers that have one."""
+    errors: np.ndarray = ok.error_ms[~np.isnan(ok.error_ms)]
+    return errors
+
+
+def level_counts(ok: Answered) -> dict[str, Counter[str]]:
+    """Per model, the successful requests each level served."""
     counts: dict[str, Counter[str]] = {}
-    for e in events:
-        counts.setdefault(e.model, Counter())[e.level] += 1
-    return {m: {lv: n / sum(c.values()) for lv, n in sorted(c.items())} for m, c in counts.items()}
+    for model, level in zip(ok.model, ok.level, strict=True):
+        counts.setdefault(model, Counter())[level] += 1
+    return counts
+
+
+def _mix(ok: Answered) -> dict[str, dict[str, float]]:
+    """Per model, the fraction of successful requests each level served."""
+    return {m: {lv: n / sum(c.values()) for lv, n in sorted(c.items())} for m, c in level_counts(ok).items()}

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.stats import WINDOWS_S, RecentStats
+from service.stats import WINDOWS_S, RecentStats, level_counts, predicted_errors
 
 WAIT_S = 1.0
 _POINTS = np.linspace(0, 1, 201)
@@ -67,16 +67,13 @@ class SharedStats(RecentStats):
         uptime, per_window = self.windows()
         windows = {}
         for name, counts, ok in per_window:
-            levels: dict[str, Counter[str]] = {}
-            for e in ok:
-                levels.setdefault(e.model, Counter())[e.level] += 1
-            budgeted = [e.budget_met for e in ok if e.budget_met is not None]
+            budgeted = ok.budget_met[ok.budget_met >= 0]
             windows[name] = {
                 **counts,
-                "latency_ms": _quantiles([e.latency_s * 1000 for e in ok]),
-                "prediction_error_ms": _quantiles([e.error_ms for e in ok if e.error_ms is not None]),
-                "levels": {m: dict(c) for m, c in levels.items()},
-                "budget": [sum(budgeted), len(budgeted)],
+                "latency_ms": _quantiles(ok.latency_s * 1000),
+                "prediction_error_ms": _quantiles(predicted_errors(ok)),
+                "levels": {m: dict(c) for m, c in level_counts(ok).items()},
+                "budget": [int(budgeted.sum()), len(budgeted)],
             }
         return {"at": time.time(), "pid": os.getpid(), "uptime_s": uptime, "windows": windows,
                 "queue_depth": queue_depth}  # fmt: skip
@@ -120,8 +117,8 @@ def merge(parts: list[dict[str, Any]], count: int) -> dict[str, Any]:
     }
 
 
-def _quantiles(values: list[float]) -> dict[str, Any]:
-    q = np.quantile(np.array(values), _POINTS).tolist() if values else []
+def _quantiles(values: np.ndarray) -> dict[str, Any]:
+    q = np.quantile(values, _POINTS).tolist() if len(values) else []
     return {"n": len(values), "q": q}
 
 

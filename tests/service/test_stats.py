@@ -1,5 +1,5 @@
 """service.stats: the recent-traffic window keeps the newest events within its horizon, at most
-`max_events` of them, in storage allocated once."""
+`max_events` of them, in storage allocated once, and reads a window's answers as columns."""
 
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ def test_the_windows_hold_the_newest_events_when_more_came_than_fit(monkeypatch:
     (ten, counts, ok), (sixty, _, ok_60) = per_window
     assert (ten, sixty) == ("10s", "60s")
     assert counts["requests"] == 4 and counts["outcomes"] == {"shed": 2, "success": 2}
-    assert [e.level for e in ok] == ["l4", "l6"] == [e.level for e in ok_60]  # oldest first
-    assert [(e.samples, e.latency_s, e.error_ms, e.budget_met) for e in ok] == [
-        (5, 0.004, 4.0, False),
-        (7, 0.006, 6.0, True),
-    ]
+    assert counts["samples_per_s"] == pytest.approx((5 + 7) / 6)  # over the 6 s since the start
+    assert list(ok.level) == ["l4", "l6"] == list(ok_60.level)  # oldest first
+    assert list(ok.samples) == [5, 7] and list(ok.latency_s) == [0.004, 0.006]
+    assert list(ok.error_ms) == [4.0, 6.0] and list(ok.budget_met) == [0, 1]
 
 
-def test_events_older_than_the_window_are_left_out_and_none_values_kept(
+def test_events_older_than_the_window_are_left_out_and_missing_values_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [0.0]
@@ -41,11 +40,13 @@ def test_events_older_than_the_window_are_left_out_and_none_values_kept(
     recent.record("m", "1/8", "success", 2, 0.002, error_ms=-1.5, budget_met=True)
     clock[0] = 30.0
     _, ((_, c10, ok10), (_, c60, ok60)) = recent.windows()
-    assert c10["requests"] == 1 and [e.level for e in ok10] == ["1/8"]
-    assert c60["requests"] == 2 and [(e.level, e.error_ms, e.budget_met) for e in ok60] == [
-        ("full", None, None),
-        ("1/8", -1.5, True),
-    ]
+    assert c10["requests"] == 1 and list(ok10.level) == ["1/8"]
+    assert c60["requests"] == 2 and list(ok60.level) == ["full", "1/8"]
+    assert list(stats.predicted_errors(ok60)) == [-1.5] and list(ok60.budget_met) == [-1, 1]
+    body = recent.snapshot({})["windows"]["60s"]
+    assert body["level_mix"] == {"m": {"1/8": 0.5, "full": 0.5}} and body["budget_met_fraction"] == 1.0
+    assert body["prediction_error_ms"]["p50"] == -1.5 and body["latency_ms"]["p50"] == pytest.approx(1.5)
     clock[0] = 200.0  # past the horizon: nothing
-    _, ((_, c10, _), (_, c60, _)) = recent.windows()
-    assert c10["requests"] == c60["requests"] == 0
+    _, ((_, c10, ok10), (_, c60, _)) = recent.windows()
+    assert c10["requests"] == c60["requests"] == 0 and len(ok10.latency_s) == 0
+    assert recent.snapshot({})["windows"]["10s"]["latency_ms"]["p50"] is None
