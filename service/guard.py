@@ -194,12 +194,14 @@ class Guard:
             answer, answer_headers = await route(self.engine, name, match["version"], headers, body)
         except errors.ServiceError as exc:  # a refusal (shed above all): no Request, no Response built
             errors.note(scope["method"], scope["path"], exc)
-            await exchange.refuse(exc.status, exc.message, exc.headers)
-            # A refusal that reached the request through its batch's future is a reference cycle:
-            # its traceback holds service.batcher's frame, which holds the future, which holds it.
-            # Cut here, the request's objects go at once; left to the cyclic collector, the sheds of
-            # an overload (~50 objects each) made collections of 50-70 ms on the event loop.
-            exc.__traceback__ = None
+            try:
+                await exchange.refuse(exc.status, exc.message, exc.headers)
+            finally:
+                # A refusal that reached the request through its batch's future is a reference
+                # cycle: its traceback holds service.batcher's frame, which holds the future, which
+                # holds it. Cut here, the request's objects go at once; left to the cyclic
+                # collector, an overload's sheds (~50 objects each) made 50-70 ms collections.
+                exc.__traceback__ = None
             return
         except Exception as exc:
             response = await errors.handle(Request(scope, _replay(body, receive)), exc)

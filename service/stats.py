@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import sys
 import time
 from array import array
 from collections import Counter
@@ -63,7 +64,8 @@ class RecentStats:
         self._at[i], self._latency_s[i], self._samples[i] = time.monotonic(), latency_s, samples
         self._error_ms[i] = math.nan if error_ms is None else error_ms
         self._met[i] = -1 if budget_met is None else int(budget_met)
-        self._model[i], self._level[i], self._outcome[i] = model, level, outcome
+        # interned: a model's name is cut from each request's path, a new string every time
+        self._model[i], self._level[i], self._outcome[i] = sys.intern(model), level, outcome
         self._next = i + 1 if i + 1 < self.max_events else 0
         self._count = min(self._count + 1, self.max_events)
 

@@ -27,9 +27,9 @@ WARM_S = 2.0  # memory is measured from the end of this first part of the load
 BATCH_MS = 20
 # bytes, from the end of the warm-up to the end (20k-90k requests, by machine): nothing a request
 # leaves may grow with the traffic (the recent-stats window is allocated at start: service.stats;
-# measured +4.4 MiB over 92k requests); a leak of ~200 bytes a request fails this on a fast machine,
-# of ~1 KB on a slow one
-MAX_RSS_GROWTH = 8 << 20
+# measured +0.04 MiB over 94k requests); a leak of ~50 bytes a request fails this on a fast
+# machine, of ~200 on a slow one
+MAX_RSS_GROWTH = 4 << 20
 SETTINGS: dict[str, Any] = {
     "max_batch_size": 4,
     "max_queue_size": 32,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from service import stats
@@ -50,3 +52,18 @@ def test_events_older_than_the_window_are_left_out_and_missing_values_kept(
     _, ((_, c10, ok10), (_, c60, _)) = recent.windows()
     assert c10["requests"] == c60["requests"] == 0 and len(ok10.latency_s) == 0
     assert recent.snapshot({})["windows"]["10s"]["latency_ms"]["p50"] is None
+
+
+def test_recording_keeps_nothing_per_event_beyond_the_ring() -> None:
+    """A request's model name is cut from its path, a new string each time: the ring keeps one."""
+    recent = RecentStats(max_events=20_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            name = "".join(("dig", "its"))  # equal, not the same object
+            recent.record(name, "full", "success", 1, i / 1e6, i / 1e3, True)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64_000, grown  # one string a slot would be ~1.1 MB
