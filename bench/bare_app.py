@@ -1,5 +1,6 @@
 """The latency floor of an HTTP server here: a bare ASGI app under uvicorn that only parses a native
-JSON body, runs the level's onnxruntime session inline, and encodes the probabilities.
+JSON body, runs the level's onnxruntime session inline, and encodes the probabilities (and how long
+the session.run took, `compute_ms`, as circuitserve's answers say it).
 
 Bench only, never the product: no batching, no limits, no metrics, no errors worth the name. It uses
 the same JSON library and session options as circuitserve, so the gap between the two is what
@@ -11,6 +12,7 @@ circuitserve's own machinery costs. POST /predict/{level name, "/" as "_"}; GET 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,10 @@ def app() -> Any:
                 status, payload = 404, b'{"error":"no such level"}'
             else:
                 x = np.asarray(from_json(body)["inputs"], dtype=np.float32).reshape(-1, *shape)
+                t0 = time.perf_counter()
                 probs = session.run(["probabilities"], {input_name: x})[0]
-                payload = to_json({"probabilities": probs.tolist()})
+                ms = (time.perf_counter() - t0) * 1000  # as circuitserve's answers report compute_ms
+                payload = to_json({"probabilities": probs.tolist(), "compute_ms": ms})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

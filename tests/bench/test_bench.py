@@ -426,6 +426,16 @@ def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -
     assert floor["http_floor"]["error_fraction"] == 0 and floor["http_floor"]["requests"] > 0
     bare = floor["cells"]["full"]["1"]["bare_asgi"]["p50_ms"]
     assert 0 < floor["http_floor"]["p50_ms"] < bare  # an answer without parse or compute is cheaper
+    # session.run inside each server, from its c=1 answers
+    assert set(floor["served_compute_ms"]) == {"circuitserve", "bare_asgi"}
+    for times in floor["served_compute_ms"].values():
+        assert set(times) == set(floor["levels"]) and all(ms > 0 for ms in times.values())
+    served = floor["served_compute_ms"]["circuitserve"]
+    assert served["full"] < floor["cells"]["full"]["1"]["circuitserve"]["p50_ms"]  # a part of the answer
+    goals = floor["goals"]
+    full, small = served["full"], served[floor["levels"][-1]]
+    ceiling = (full + floor["http_floor"]["p50_ms"]) / (small + floor["http_floor"]["p50_ms"])
+    assert goals["dial_ceiling_with_served_compute"] == pytest.approx(ceiling, abs=2e-3)
     assert set(floor["inline_stalls"]) == set(floor["levels"])
     assert all(isinstance(n, int) and n >= 0 for n in floor["inline_stalls"].values())
 
