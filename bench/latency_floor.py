@@ -18,8 +18,8 @@ process, which sleeps between requests (session.run, and the work around it, run
 sleep); raw onnxruntime's hot loop never sleeps. That loss is measured too: circuitserve's answers
 at c=1 say how long their session.run took (compute_ms), and the dial of a server costing the HTTP
 floor with compute as it runs there, (served full + floor) / (served smallest + floor), is the
-ceiling of a server that sleeps between a lone client's requests. The bare app reports its
-session.run time the same way, so the two servers' compute can be compared.
+ceiling of a server whose compute waits on the network between a lone client's requests. The bare
+app reports its session.run time the same way, so the two servers' compute can be compared.
 
 The section also records circuitserve's resident memory after the largest legal request
 (max_queue_size rows) ran several times: the figure deploy/k8s's memory request and limit come from.
