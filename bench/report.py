@@ -467,6 +467,12 @@ def _floor_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     g = r.get("latency_floor", {}).get("goals")
     if not g:
         return []
+    served = ""  # reports from before the served compute was measured have none
+    if g.get("dial_ceiling_with_served_compute") is not None:
+        served = (
+            f", with compute as it ran in circuitserve {g['dial_ceiling_with_served_compute']} "
+            f"({g['dial_ceiling_served_fraction_of_raw'] or 0:.0%})"
+        )
     return [
         _target(
             "latency floor: p50 at concurrency 1 against a bare ASGI app",
@@ -482,9 +488,8 @@ def _floor_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{g['dial_circuitserve']} against {g['dial_raw_onnxruntime']} "
             f"({g['dial_fraction_of_raw']:.0%}); the bare ASGI app {g.get('dial_bare_asgi')} "
             f"({g.get('dial_bare_fraction_of_raw') or 0:.0%}); a server costing only the HTTP floor "
-            f"{g.get('dial_ceiling_at_http_floor')} ({g.get('dial_ceiling_fraction_of_raw') or 0:.0%}), "
-            f"with compute as it ran in circuitserve {g.get('dial_ceiling_with_served_compute')} "
-            f"({g.get('dial_ceiling_served_fraction_of_raw') or 0:.0%})",
+            f"{g.get('dial_ceiling_at_http_floor')} ({g.get('dial_ceiling_fraction_of_raw') or 0:.0%})"
+            f"{served}",
             bool(g["dial_at_least_70_percent"]),
             "a constant per-request cost compresses the ratio: an HTTP round trip alone (the bare app) "
             "leaves about that much of it on this machine",

@@ -436,6 +436,11 @@ def test_quick_report_latency_floor(quick_report: tuple[dict[str, Any], Path]) -
     full, small = served["full"], served[floor["levels"][-1]]
     ceiling = (full + floor["http_floor"]["p50_ms"]) / (small + floor["http_floor"]["p50_ms"])
     assert goals["dial_ceiling_with_served_compute"] == pytest.approx(ceiling, abs=2e-3)
+    assert goals["dial_served_compute"] == pytest.approx(full / small, abs=2e-3)
+    dial = next(t for t in quick_report[0]["targets"] if t["target"].startswith("the dial"))
+    served_ceiling = goals["dial_ceiling_with_served_compute"]
+    assert f"with compute as it ran in circuitserve {served_ceiling}" in dial["measured"]
+    assert f"would show a dial of {served_ceiling}" in (quick_report[1] / "REPORT.md").read_text()
     assert set(floor["inline_stalls"]) == set(floor["levels"])
     assert all(isinstance(n, int) and n >= 0 for n in floor["inline_stalls"].values())
 
